@@ -1,0 +1,28 @@
+"""Test setup shared by every test module.
+
+Two logical CPU devices are configured before TensorFlow initializes, so distribution
+tests can run `MirroredStrategy` over ("/cpu:0", "/cpu:1") on a CPU-only machine; the
+default strategy keeps using /cpu:0.
+"""
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(__file__))  # tests/torch_resnet.py helpers
+
+import dwlt_tf  # noqa: E402,F401  (selects Keras 2 first)
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+_cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(
+    _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUNDLED_CIFAR = os.path.join(REPO, "data", "cifar10_jpeg_small")
+
+
+@pytest.fixture
+def bundled_cifar():
+    """Root of the bundled real CIFAR-10 JPEG subset (ImageFolder layout)."""
+    return BUNDLED_CIFAR
