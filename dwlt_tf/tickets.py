@@ -1,0 +1,61 @@
+"""Ticket files: the masks of a sparse subnetwork plus what produced them.
+
+A ticket is a directory holding `masks.npz` (one boolean array per pruned Keras layer,
+in Keras kernel layout, keyed by the torchvision-style layer name) and `ticket.json`
+(metadata: sparsity overall and per layer, source weights' sha256, IMP round, config,
+...). IMP writes tickets, the converter writes them for reference (PyTorch) tickets, and
+transfer, export and the study read them. Directories are written to a temporary name
+and renamed into place, so a crash never leaves a half-written ticket.
+"""
+import os
+
+import numpy as np
+
+from dwlt_tf import files
+
+MASKS_FILE = "masks.npz"
+META_FILE = "ticket.json"
+
+
+def sparsity(masks):
+    """Fraction of zeros over all masks together (conv1 and downsamples included)."""
+    total = sum(int(m.size) for m in masks.values())
+    zeros = sum(int(m.size - np.count_nonzero(m)) for m in masks.values())
+    return zeros / total if total else 0.0
+
+
+def layer_sparsity(masks):
+    return {name: float(1.0 - np.count_nonzero(m) / m.size) for name, m in sorted(masks.items())}
+
+
+def save(path, masks, meta=None):
+    """Writes a ticket directory at `path` atomically; refuses to overwrite one."""
+    if os.path.exists(path):
+        raise FileExistsError(f"Ticket {path!r} already exists; tickets are never overwritten")
+    if not masks:
+        raise ValueError("A ticket needs at least one mask")
+    meta = dict(meta or {})
+    meta.update(sparsity=sparsity(masks), layer_sparsity=layer_sparsity(masks),
+                num_weights=int(sum(m.size for m in masks.values())))
+    with files.atomic_directory(path) as tmp:
+        np.savez_compressed(os.path.join(tmp, MASKS_FILE),
+                            **{name: np.asarray(m).astype(bool) for name, m in masks.items()})
+        files.write_json(os.path.join(tmp, META_FILE), meta)
+    return os.path.abspath(path)
+
+
+def load(path):
+    """Reads a ticket directory: returns (masks: {name: bool ndarray}, meta: dict)."""
+    masks_path = os.path.join(path, MASKS_FILE)
+    meta_path = os.path.join(path, META_FILE)
+    if not os.path.isfile(masks_path) or not os.path.isfile(meta_path):
+        raise FileNotFoundError(
+            f"{path!r} is not a ticket: expected {MASKS_FILE} and {META_FILE} in it "
+            "(written by the IMP trainer or trainers/convert_weights.py)")
+    with np.load(masks_path) as archive:
+        masks = {name: archive[name].astype(bool) for name in archive.files}
+    return masks, files.read_json(meta_path)
+
+
+def is_ticket(path):
+    return os.path.isfile(os.path.join(path, MASKS_FILE))
