@@ -1,0 +1,90 @@
+"""Iterative magnitude pruning with rewinding to the pre-trained weights (IMP).
+
+As the reference (`main_std.py` / `main_adv.py`, `pruning_with_rewind`) does it:
+
+1. ticket 1 = prune 20 % of all conv weights, globally by |w|, straight from the
+   pre-trained weights theta0, before any training;
+2. for k = 1, 2, ...: rewind every weight to theta0 (BatchNorm included) keeping ticket
+   k's mask, train on the pre-training task (standard, or adversarial with PGD-3) for
+   the configured epochs with a fresh optimizer, prune 20 % of the surviving weights
+   of the trained network -> ticket k + 1.
+
+Ticket k therefore has sparsity 1 - 0.8^k (up to per-round rounding). Each ticket is
+saved as soon as it exists (`tickets.save`) with its round, sparsity (overall and per
+layer), the source weights' sha256 and the configuration; each round's training runs in
+its own resumable workdir, so an interrupted IMP run continues where it stopped and
+never recomputes a finished round.
+"""
+import dataclasses
+import os
+from typing import Callable, List, Optional
+
+import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+import tf_keras
+
+from dwlt_tf import pruning, pruning_wrapper, tickets, train
+
+
+@dataclasses.dataclass(frozen=True)
+class ImpSpec:
+    """How many tickets to find and how fast to prune."""
+    rounds: int = 11                 # tickets 1..rounds (the paper goes to 1 - 0.8^19)
+    fraction: float = 0.2            # of the surviving weights, per round
+    prunable: tuple = ("conv",)      # the reference prunes every Conv2d, fc stays dense
+
+    def __post_init__(self):
+        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
+            raise ValueError(f"imp.rounds={self.rounds!r}: must be a positive int")
+        if not 0.0 < self.fraction < 1.0:
+            raise ValueError(f"imp.fraction={self.fraction!r}: must be in (0, 1)")
+        object.__setattr__(self, "prunable", tuple(self.prunable))
+
+
+def ticket_dir(workdir, k):
+    return os.path.join(workdir, "tickets", f"round_{k:02d}")
+
+
+def masked_model(pretrained_fn: Callable[[], tf_keras.Model], masks, prunable=("conv",)):
+    """theta0 from `pretrained_fn` wrapped for pruning with `masks` applied (a rewind)."""
+    model = pruning_wrapper.wrap(pretrained_fn(), prunable=prunable)
+    pruning_wrapper.set_masks(model, masks)
+    return model
+
+
+def run(pretrained_fn: Callable[[], tf_keras.Model], splits, train_spec: train.TrainSpec,
+        imp_spec: ImpSpec, workdir: str, strategy=None, meta: Optional[dict] = None
+        ) -> List[str]:
+    """Finds tickets 1..imp_spec.rounds; returns their directories.
+
+    Args:
+      pretrained_fn: builds the dense pre-trained model (theta0); called inside the
+        strategy's scope for every round, which is the rewind.
+      splits: the pre-training task's data.
+      train_spec: training of each round (the reference: 30 epochs, lr 0.0005, constant).
+      workdir: tickets go to <workdir>/tickets/round_KK, round trainings to
+        <workdir>/train/round_KK.
+      meta: recorded in every ticket (e.g. source weights' sha256, config).
+    """
+    meta = dict(meta or {})
+    paths = [ticket_dir(workdir, k) for k in range(1, imp_spec.rounds + 1)]
+    if not tickets.is_ticket(paths[0]):
+        theta0 = pruning_wrapper.wrap(pretrained_fn(), prunable=imp_spec.prunable)
+        masks = pruning.global_magnitude_masks(pruning_wrapper.get_kernels(theta0), None,
+                                               imp_spec.fraction)
+        tickets.save(paths[0], masks, {**meta, "round": 1, "trained_rounds": 0,
+                                       "fraction": imp_spec.fraction})
+    for k in range(1, imp_spec.rounds):
+        if tickets.is_ticket(paths[k]):
+            continue
+        masks, _ = tickets.load(paths[k - 1])
+        result = train.fit(lambda m=masks: masked_model(pretrained_fn, m, imp_spec.prunable),
+                           splits, train_spec, os.path.join(workdir, "train", f"round_{k:02d}"),
+                           strategy)
+        trained = pruning_wrapper.get_kernels(result.model)
+        new_masks = pruning.global_magnitude_masks(trained, masks, imp_spec.fraction)
+        tickets.save(paths[k], new_masks, {
+            **meta, "round": k + 1, "trained_rounds": k, "fraction": imp_spec.fraction,
+            "train_spec": train_spec.as_dict(),
+            "previous_round_val": result.final.get("val_sa"),
+            "previous_round_val_ra": result.final.get("val_ra")})
+    return paths
