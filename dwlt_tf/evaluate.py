@@ -1,0 +1,78 @@
+"""Standard accuracy (SA) and robust accuracy (RA, PGD-20 by default) on any split.
+
+Evaluation runs the model in inference mode (BatchNorm running statistics), attacks
+included, as the reference's `validate`/`validate_adv` do under `model.eval()`.
+It works under any tf.distribute strategy: batches are split across replicas and the
+correct counts are summed.
+"""
+import dataclasses
+from typing import Optional
+
+import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+import tensorflow as tf
+
+from dwlt_tf import attacks, data
+
+
+@dataclasses.dataclass
+class Accuracy:
+    sa: float           # standard accuracy, percent
+    ra: Optional[float]  # robust accuracy, percent (None when not attacked)
+    loss: float         # mean clean cross-entropy
+    count: int
+
+    def as_dict(self, prefix=""):
+        out = {f"{prefix}sa": self.sa, f"{prefix}loss": self.loss}
+        if self.ra is not None:
+            out[f"{prefix}ra"] = self.ra
+        return out
+
+
+class Evaluator:
+    """Compiled SA/RA evaluation of one model under one strategy (reused every epoch)."""
+
+    def __init__(self, model, attack: Optional[attacks.Attack] = None, strategy=None):
+        self.model = model
+        self.attack = attack
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self._step = tf.function(self._distributed_step)
+
+    def _replica_step(self, batch):
+        images, labels = batch["image"], batch["label"]
+        logits = self.model(images, training=False)
+        loss = tf.reduce_sum(
+            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1), labels), tf.float32))
+        robust = tf.constant(0.0)
+        if self.attack is not None:
+            adv = attacks.attack_batch(self.model, self.attack, images, labels,
+                                       noise=batch.get("noise"), training=False)
+            adv_logits = self.model(adv, training=False)
+            robust = tf.reduce_sum(
+                tf.cast(tf.equal(tf.argmax(adv_logits, 1), labels), tf.float32))
+        count = tf.cast(tf.shape(labels)[0], tf.float32)
+        return tf.stack([correct, robust, loss, count])
+
+    def _distributed_step(self, batch):
+        per_replica = self.strategy.run(self._replica_step, args=(batch,))
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    def __call__(self, dataset) -> Accuracy:
+        totals = tf.zeros([4])
+        for batch in self.strategy.experimental_distribute_dataset(dataset):
+            totals += self._step(batch)
+        correct, robust, loss, count = (float(v) for v in totals.numpy())
+        if count == 0:
+            raise ValueError("Cannot evaluate on an empty dataset")
+        return Accuracy(sa=100.0 * correct / count,
+                        ra=100.0 * robust / count if self.attack is not None else None,
+                        loss=loss / count, count=int(count))
+
+
+def evaluate(model, splits: data.Splits, split="test", batch_size=128,
+             attack: Optional[attacks.Attack] = attacks.PRESETS["pgd20_eval"], seed=0,
+             strategy=None) -> Accuracy:
+    """SA (and RA under `attack`, None to skip) of `model` on `split` of `splits`."""
+    dataset = data.eval_batches(splits, split, batch_size, seed=seed,
+                                with_noise=attack is not None)
+    return Evaluator(model, attack, strategy)(dataset)

@@ -1,0 +1,409 @@
+"""The training engine: standard, fast-adversarial and PGD training under tf.distribute.
+
+One custom loop (`strategy.run` inside a `tf.function` over a distributed dataset)
+serves every training of the study -- IMP rounds on the pre-training task and transfer
+of tickets -- under the default strategy (CPU), `MirroredStrategy` (local GPUs) and
+`MultiWorkerMirroredStrategy` (hosts, from TF_CONFIG):
+
+* modes: `standard`; `fast_adversarial` (FGSM with random start, Wong et al. 2020);
+  `pgd` (PGD-k adversarial training, Madry et al.), adversaries crafted in training
+  mode as the reference does (see `attacks.py`);
+* torch-exact SGD (momentum, coupled weight decay) and epoch-wise schedules
+  (`optim.py`); the loss is summed per replica and divided by the *global* number of
+  examples in the step, so the summed gradients equal the single-device mean -- also
+  on a short last batch (the reference keeps it: drop_last=False);
+* pruned weights stay exactly zero: the wrappers mask in the forward pass and the
+  kernels are re-masked after every optimizer update (`pruning_wrapper.apply_masks`);
+* every epoch: SA and RA on the validation split; best-SA and best-RA weights kept and
+  finally both evaluated on test, as the reference reports them;
+* never loses work: a CheckpointManager checkpoint (model, optimizer, masks, epoch and
+  step, best metrics) every epoch and optionally every N steps; the same call resumes
+  after a crash, mid-epoch included, and -- the input pipeline being keyed by (seed,
+  epoch, example) -- continues exactly as an uninterrupted run. Result and metric files
+  are written atomically. A NaN/Inf loss stops the run with `NonFiniteLossError`
+  before anything is saved, so the last good checkpoint stays intact;
+* progress bar per epoch, TensorBoard scalars, `metrics.jsonl`, optional mixed
+  precision (`mixed_bfloat16`, `mixed_float16` with loss scaling).
+"""
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from typing import Callable, Optional, Tuple
+
+import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+import tensorflow as tf
+import tf_keras
+
+from dwlt_tf import attacks, data, evaluate, files, optim, pruning_wrapper
+
+MODES = ("standard", "fast_adversarial", "pgd")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+RESULT_FILE = "result.json"
+METRICS_FILE = "metrics.jsonl"
+_DEFAULT_ATTACK = {"standard": None, "fast_adversarial": attacks.PRESETS["fgsm_rs"],
+                   "pgd": attacks.PRESETS["pgd10_train"]}
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or Inf; the last good checkpoint was kept."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+    """Hyperparameters of one training run (the `train` section of every config)."""
+    mode: str = "standard"
+    epochs: int = 1
+    batch_size: int = 128            # global, split across replicas
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "multistep"
+    milestones: Tuple[int, ...] = ()
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+    attack: Optional[attacks.Attack] = None        # training attack; None = mode default
+    eval_attack: Optional[attacks.Attack] = attacks.PRESETS["pgd20_eval"]  # None: no RA
+    eval_start_epoch: int = 0        # the reference's adversarial transfer: 45
+    eval_batch_size: int = 256
+    checkpoint_every_steps: int = 0  # 0: at the end of every epoch only
+    log_every_steps: int = 10
+    seed: int = 1
+    precision: str = "float32"
+    test: bool = True                # evaluate the best-SA/-RA weights on test at the end
+    verbose: int = 1
+
+    def __post_init__(self):
+        def bad(key, value, why):
+            raise ValueError(f"train.{key}={value!r}: {why}")
+        if self.mode not in MODES:
+            bad("mode", self.mode, f"choose one of {MODES}")
+        for key in ("epochs", "batch_size", "eval_batch_size"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                bad(key, value, "must be a positive int")
+        for key in ("warmup_epochs", "eval_start_epoch", "checkpoint_every_steps",
+                    "log_every_steps"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                bad(key, value, "must be a non-negative int")
+        if not self.lr > 0:
+            bad("lr", self.lr, "must be positive")
+        if self.weight_decay < 0:
+            bad("weight_decay", self.weight_decay, "must be >= 0")
+        if self.schedule not in optim.SCHEDULES:
+            bad("schedule", self.schedule, f"choose one of {optim.SCHEDULES}")
+        if list(self.milestones) != sorted(self.milestones) or any(
+                m < 1 for m in self.milestones):
+            bad("milestones", self.milestones, "must be increasing positive epochs")
+        if self.precision not in PRECISIONS:
+            bad("precision", self.precision, f"choose one of {PRECISIONS}")
+        if self.attack is None and self.mode != "standard":
+            object.__setattr__(self, "attack", _DEFAULT_ATTACK[self.mode])
+        object.__setattr__(self, "milestones", tuple(self.milestones))
+
+    def as_dict(self):
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a finished run reports (also written to <workdir>/result.json)."""
+    workdir: str
+    epochs: int
+    best: dict             # {"sa": {...}, "ra": {...}}: val metrics, epoch, test SA/RA
+    final: dict            # last epoch's validation metrics
+    sparsity: float
+    images_per_sec: float
+    model: Optional[tf_keras.Model] = None
+
+    def to_json(self):
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "model"}
+
+
+@contextlib.contextmanager
+def precision_policy(name):
+    """Sets the Keras mixed-precision policy while models are built and trained."""
+    previous = tf_keras.mixed_precision.global_policy()
+    tf_keras.mixed_precision.set_global_policy("float32" if name == "float32" else name)
+    try:
+        yield
+    finally:
+        tf_keras.mixed_precision.set_global_policy(previous)
+
+
+def _is_chief(strategy):
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    return resolver.task_type in (None, "chief") or (
+        resolver.task_type == "worker" and resolver.task_id == 0
+        and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def _distribute(strategy, dataset):
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA)
+    options.deterministic = True
+    return strategy.experimental_distribute_dataset(dataset.with_options(options))
+
+
+class _Run:
+    """State of one `fit` call: model, optimizer, checkpoints, step functions."""
+
+    def __init__(self, model_fn, splits, spec, workdir, strategy):
+        self.splits, self.spec, self.workdir, self.strategy = splits, spec, workdir, strategy
+        self.chief = _is_chief(strategy)
+        self.steps_per_epoch = data.num_batches(splits.num_train, spec.batch_size)
+        with strategy.scope():
+            self.model = model_fn()
+            self.schedule = optim.EpochSchedule(
+                spec.lr, self.steps_per_epoch, spec.schedule, spec.milestones, spec.gamma,
+                spec.epochs, spec.warmup_epochs)
+            optimizer = optim.TorchSGD(self.schedule, spec.momentum, spec.weight_decay)
+            if spec.precision == "mixed_float16":
+                optimizer = tf_keras.mixed_precision.LossScaleOptimizer(optimizer)
+            self.optimizer = optimizer
+            self.optimizer.build(self.model.trainable_variables)
+            self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+            self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+            self.best_sa = tf.Variable(-1.0, dtype=tf.float64, trainable=False)
+            self.best_ra = tf.Variable(-1.0, dtype=tf.float64, trainable=False)
+        self.checkpoint = tf.train.Checkpoint(
+            model=self.model, optimizer=self.optimizer, epoch=self.epoch,
+            step_in_epoch=self.step_in_epoch, best_sa=self.best_sa, best_ra=self.best_ra)
+        ckpt_dir = os.path.join(workdir, "checkpoints")
+        if not self.chief:  # other workers save too (collectives), but to a scratch dir
+            ckpt_dir = os.path.join(workdir, f".worker-{strategy.cluster_resolver.task_id}")
+        self.manager = tf.train.CheckpointManager(self.checkpoint, ckpt_dir, max_to_keep=2)
+        self.evaluator = evaluate.Evaluator(self.model, spec.eval_attack, strategy)
+        self.train_step = tf.function(self._train_step)
+
+    # ----------------------------------------------------------------- stepping
+    def _replica_step(self, batch):
+        spec, model = self.spec, self.model
+        images, labels = batch["image"], batch["label"]
+        local = tf.cast(tf.shape(labels)[0], tf.float32)
+        total = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM,
+                                                               local)
+        if spec.attack is not None:
+            images = attacks.attack_batch(model, spec.attack, images, labels,
+                                          noise=batch["noise"], training=True)
+        with tf.GradientTape() as tape:
+            logits = model(images, training=True)
+            loss_sum = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(
+                labels=labels, logits=logits))
+            loss = loss_sum / tf.maximum(total, 1.0)
+            if spec.precision == "mixed_float16":
+                loss = self.optimizer.get_scaled_loss(loss)
+        variables = model.trainable_variables
+        grads = tape.gradient(loss, variables)
+        if spec.precision == "mixed_float16":
+            grads = self.optimizer.get_unscaled_gradients(grads)
+        self.optimizer.apply_gradients(zip(grads, variables))
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1), labels), tf.float32))
+        return tf.stack([loss_sum, correct, local])
+
+    def _train_step(self, iterator):
+        batch = next(iterator)
+        per_replica = self.strategy.run(self._replica_step, args=(batch,))
+        pruning_wrapper.apply_masks(self.model)
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    # -------------------------------------------------------------- bookkeeping
+    def save_best(self, which):
+        path = os.path.join(self.workdir, f"best_{which}")
+        if not self.chief:
+            tf.train.Checkpoint(model=self.model).write(
+                os.path.join(self.manager.directory, f"best_{which}", "ckpt"))
+            return
+        with files.atomic_directory(path, overwrite=True) as tmp:
+            tf.train.Checkpoint(model=self.model).write(os.path.join(tmp, "ckpt"))
+
+    def load_weights(self, which):
+        root = self.workdir if self.chief else self.manager.directory
+        status = tf.train.Checkpoint(model=self.model).read(
+            os.path.join(root, f"best_{which}", "ckpt"))
+        status.assert_existing_objects_matched().expect_partial()
+
+    def restore_latest(self):
+        # Every worker resumes from the chief's checkpoints (a shared filesystem).
+        latest = tf.train.latest_checkpoint(os.path.join(self.workdir, "checkpoints"))
+        if latest:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+        return latest
+
+
+def _read_metrics(path, before_epoch):
+    """Metric records of epochs < before_epoch (drops a torn last line after a crash)."""
+    records = []
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if record.get("epoch", 1 << 30) < before_epoch:
+                    records.append(record)
+    return records
+
+
+def _append_metrics(path, record):
+    with open(path, "a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def fit(model_fn: Callable[[], tf_keras.Model], splits: data.Splits, spec: TrainSpec,
+        workdir: str, strategy: Optional[tf.distribute.Strategy] = None) -> TrainResult:
+    """Trains the model `model_fn()` builds (inside the strategy's scope) on `splits`.
+
+    `workdir` holds checkpoints, best-SA/-RA weights, TensorBoard logs,
+    `metrics.jsonl` and, once finished, `result.json`. Calling `fit` again with the same
+    workdir resumes an interrupted run, or returns a finished run's result with its
+    final weights loaded, without training again.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    replicas = strategy.num_replicas_in_sync
+    if spec.batch_size % replicas:
+        raise ValueError(f"train.batch_size={spec.batch_size} is not divisible by the "
+                         f"{replicas} replicas of {type(strategy).__name__}")
+    if splits.num_train < 1:
+        raise ValueError("The training split is empty")
+    os.makedirs(workdir, exist_ok=True)
+    with precision_policy(spec.precision):
+        run = _Run(model_fn, splits, spec, workdir, strategy)
+        result_path = os.path.join(workdir, RESULT_FILE)
+        if os.path.exists(result_path):
+            run.restore_latest()
+            saved = files.read_json(result_path)
+            saved.pop("spec", None)
+            result = TrainResult(**saved)
+            result.model = run.model
+            return result
+        return _train(run, result_path)
+
+
+def _train(run, result_path):
+    spec, splits, strategy, model = run.spec, run.splits, run.strategy, run.model
+    resumed_from = run.restore_latest()
+    start_epoch, skip = int(run.epoch.numpy()), int(run.step_in_epoch.numpy())
+    metrics_path = os.path.join(run.workdir, METRICS_FILE)
+    history = _read_metrics(metrics_path, start_epoch)
+    writer = None
+    if run.chief:
+        files.write_text(metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n"
+                                               for r in history))
+        writer = tf.summary.create_file_writer(os.path.join(run.workdir, "tensorboard"))
+    if resumed_from and spec.verbose:
+        print(f"Resuming {run.workdir} at epoch {start_epoch + 1}, step {skip}")
+    val_data = data.eval_batches(splits, "val", spec.eval_batch_size, seed=spec.seed,
+                                 with_noise=spec.eval_attack is not None)
+    with_noise = spec.attack is not None
+    throughput = []
+    for epoch in range(start_epoch, spec.epochs):
+        dataset = data.train_batches(splits, spec.batch_size, spec.seed, epoch,
+                                     skip_batches=skip, with_noise=with_noise)
+        iterator = iter(_distribute(strategy, dataset))
+        bar = tf_keras.utils.Progbar(run.steps_per_epoch, verbose=spec.verbose,
+                                     stateful_metrics=["loss", "acc", "img/s"])
+        if skip:
+            bar.update(skip)
+        loss_sum = correct = seen = 0.0
+        epoch_start = time.time()
+        for step in range(skip, run.steps_per_epoch):
+            started = time.time()
+            batch_loss, batch_correct, batch_count = (
+                float(v) for v in run.train_step(iterator).numpy())
+            elapsed = time.time() - started
+            if not math.isfinite(batch_loss):
+                raise NonFiniteLossError(
+                    f"Training loss became {batch_loss} at epoch {epoch + 1}, step {step + 1} "
+                    f"in {run.workdir}; stopped without saving, the last good checkpoint "
+                    f"({run.manager.latest_checkpoint or 'none yet'}) is intact")
+            loss_sum, correct, seen = loss_sum + batch_loss, correct + batch_correct, \
+                seen + batch_count
+            global_step = epoch * run.steps_per_epoch + step + 1
+            if step > skip or epoch > start_epoch:  # first step of a run includes tracing
+                throughput.append(batch_count / max(elapsed, 1e-9))
+            bar.update(step + 1, [("loss", batch_loss / max(batch_count, 1)),
+                                  ("acc", 100 * batch_correct / max(batch_count, 1)),
+                                  ("img/s", batch_count / max(elapsed, 1e-9))])
+            if writer and spec.log_every_steps and global_step % spec.log_every_steps == 0:
+                with writer.as_default(step=global_step):
+                    tf.summary.scalar("train/loss", batch_loss / max(batch_count, 1))
+                    tf.summary.scalar("train/lr", run.schedule(global_step - 1))
+                    tf.summary.scalar("train/images_per_sec", batch_count / max(elapsed, 1e-9))
+            if spec.checkpoint_every_steps and global_step % spec.checkpoint_every_steps == 0 \
+                    and step + 1 < run.steps_per_epoch:
+                run.step_in_epoch.assign(step + 1)
+                run.manager.save(checkpoint_number=global_step)
+        skip = 0
+        record = {"epoch": epoch, "step": (epoch + 1) * run.steps_per_epoch,
+                  "lr": run.schedule.at_epoch(epoch),
+                  "train_loss": loss_sum / max(seen, 1), "train_acc": 100 * correct / max(seen, 1),
+                  "epoch_seconds": time.time() - epoch_start,
+                  "sparsity": pruning_wrapper.model_sparsity(model)
+                  if pruning_wrapper.wrappers(model) else 0.0}
+        if epoch >= spec.eval_start_epoch or epoch == spec.epochs - 1:
+            val = run.evaluator(val_data)
+            record.update(val.as_dict("val_"))
+            if val.sa > run.best_sa.numpy():
+                run.best_sa.assign(val.sa)
+                run.save_best("sa")
+            ra = val.ra if val.ra is not None else val.sa
+            if ra > run.best_ra.numpy():
+                run.best_ra.assign(ra)
+                run.save_best("ra")
+        if run.chief:
+            _append_metrics(metrics_path, record)
+            with writer.as_default(step=record["step"]):
+                for key in ("train_loss", "train_acc", "val_sa", "val_ra", "val_loss",
+                            "sparsity", "lr"):
+                    if key in record:
+                        tf.summary.scalar(f"epoch/{key}", record[key])
+        history.append(record)
+        if spec.verbose:
+            print(f"epoch {epoch + 1}/{spec.epochs}: " + ", ".join(
+                f"{k} {v:.4g}" for k, v in record.items() if k not in ("epoch", "step")))
+        run.epoch.assign(epoch + 1)
+        run.step_in_epoch.assign(0)
+        run.manager.save(checkpoint_number=(epoch + 1) * run.steps_per_epoch)
+    return _finish(run, history, throughput, result_path)
+
+
+def _finish(run, history, throughput, result_path):
+    spec = run.spec
+    evaluated = [r for r in history if "val_sa" in r]
+    best = {}
+    for which, key in (("sa", "val_sa"), ("ra", "val_ra" if spec.eval_attack else "val_sa")):
+        # First epoch reaching the best value, as the reference's strict `>` does.
+        top = max(evaluated, key=lambda r, k=key: (r[k], -r["epoch"]))
+        best[which] = {"epoch": top["epoch"], "val_sa": top["val_sa"],
+                       "val_ra": top.get("val_ra")}
+    if spec.test:
+        test_data = data.eval_batches(run.splits, "test", spec.eval_batch_size,
+                                      seed=spec.seed, with_noise=spec.eval_attack is not None)
+        for which in ("sa", "ra"):
+            run.load_weights(which)
+            acc = run.evaluator(test_data)
+            best[which].update(test_sa=acc.sa, test_ra=acc.ra)
+        run.restore_latest()  # leave the final weights in the model
+    result = TrainResult(
+        workdir=run.workdir, epochs=spec.epochs, best=best,
+        final={k: v for k, v in history[-1].items()},
+        sparsity=pruning_wrapper.model_sparsity(run.model)
+        if pruning_wrapper.wrappers(run.model) else 0.0,
+        images_per_sec=float(sorted(throughput)[len(throughput) // 2]) if throughput else 0.0)
+    if run.chief:
+        files.write_json(result_path, {**result.to_json(), "spec": spec.as_dict()})
+    else:
+        shutil.rmtree(run.manager.directory, ignore_errors=True)
+    result.model = run.model
+    return result
