@@ -1,19 +1,24 @@
 """L-infinity PGD and FGSM-with-random-start through CleverHans, with the reference presets.
 
 `pgd_attack` is CleverHans's `projected_gradient_descent` loop -- random start in the
-eps-ball, then `nb_iter` steps of CleverHans's `fast_gradient_method` (sign of the
-input gradient of the cross-entropy on the model's logits), each projected back with
-CleverHans's `clip_eta` and clipped to [0, 1] -- with two changes that the engine needs:
+eps-ball, then `nb_iter` fast-gradient steps (CleverHans's `compute_gradient` and
+`optimize_linear`: the sign of the input gradient of the cross-entropy on the model's
+logits), each projected back with CleverHans's `clip_eta` and clipped to [0, 1] -- with
+changes that the engine needs:
 
 * the random start can come from the caller (`noise` in [-1, 1], scaled by eps), so
   training and evaluation are deterministic, independent of the replica count and
   identical after a resume (the input pipeline draws it per example; see `data.py`);
-* the iterations run in one `tf.while_loop` rather than a Python loop, so a PGD-20
-  graph holds one copy of the model instead of twenty;
+* CleverHans's gradient is called through its Python body, not its `tf.function`:
+  nested inside `strategy.run`, a tf.function turns any cross-replica synchronization
+  in the model (synchronized BatchNorm) into a "merge_call called while defining a new
+  graph" error. The attack always runs inside a tf.function of ours instead (the
+  training step, or one compiled per model for eager callers);
+* a step larger than eps is allowed, which FGSM with random start (Wong et al. 2020,
+  step 1.25 eps) needs and CleverHans's PGD asserts against.
 
-and one that CleverHans forbids: a step larger than eps, which FGSM with random start
-(Wong et al. 2020, step 1.25 eps) needs. For steps <= eps, the result equals
-`projected_gradient_descent(..., rand_init=False)` started from the same point (tested).
+For steps <= eps the result equals `projected_gradient_descent(..., rand_init=False)`
+started from the same point (tested).
 
 BatchNorm during attack generation: the reference (advertorch under `model.train()`)
 crafts training-time adversaries in training mode, so BN uses batch statistics and
@@ -29,8 +34,7 @@ import numpy as np
 
 import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import tensorflow as tf
-from cleverhans.tf2.attacks.fast_gradient_method import fast_gradient_method
-from cleverhans.tf2.utils import clip_eta
+from cleverhans.tf2.utils import clip_eta, compute_gradient, optimize_linear
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +73,9 @@ def preset(name):
     return PRESETS[name]
 
 
+_input_gradient = compute_gradient.python_function
+
+
 def _pgd(model_fn, images, labels, eps, step_size, steps, random_start, noise):
     images = tf.convert_to_tensor(images, tf.float32)
     if random_start:
@@ -79,14 +86,13 @@ def _pgd(model_fn, images, labels, eps, step_size, steps, random_start, noise):
     else:
         adv = images
 
-    def body(i, adv):
-        adv = fast_gradient_method(model_fn, adv, step_size, np.inf, clip_min=0.0,
-                                   clip_max=1.0, y=labels, sanity_checks=False)
+    for _ in range(steps):
+        # CleverHans's fast_gradient_method (L-inf, clipped to [0, 1]), step by step.
+        grad = _input_gradient(model_fn, tf.nn.sparse_softmax_cross_entropy_with_logits,
+                               adv, labels, False)
+        adv = tf.clip_by_value(adv + optimize_linear(grad, step_size, np.inf), 0.0, 1.0)
         eta = clip_eta(adv - images, np.inf, eps)
-        return i + 1, tf.clip_by_value(images + eta, 0.0, 1.0)
-
-    _, adv = tf.while_loop(lambda i, _: i < steps, body, (tf.constant(0), adv),
-                           maximum_iterations=steps)
+        adv = tf.clip_by_value(images + eta, 0.0, 1.0)
     return tf.stop_gradient(adv)
 
 

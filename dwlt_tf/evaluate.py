@@ -35,7 +35,7 @@ class Evaluator:
         self.model = model
         self.attack = attack
         self.strategy = strategy or tf.distribute.get_strategy()
-        self._step = tf.function(self._distributed_step)
+        self._step = tf.function(self._distributed_step, reduce_retracing=True)
 
     def _replica_step(self, batch):
         images, labels = batch["image"], batch["label"]

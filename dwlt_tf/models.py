@@ -80,8 +80,9 @@ class BatchNorm(layers.BatchNormalization):
     """BatchNormalization with PyTorch's defaults and running-variance update.
 
     TF's fused kernel (the unsynchronized default) already updates the moving variance
-    with the unbiased (Bessel-corrected) batch variance as torch does; the synchronized
-    cross-replica path uses the biased one, which is corrected here.
+    with the unbiased (Bessel-corrected) batch variance as torch does. The synchronized
+    (cross-replica) path is replaced here by numerically stable moments that also feed
+    the unbiased variance to the moving average.
     """
 
     def __init__(self, **kwargs):
@@ -91,20 +92,40 @@ class BatchNorm(layers.BatchNormalization):
         self._bessel = None
 
     def _calculate_mean_and_var(self, inputs, reduction_axes, keep_dims, mask=None):
-        mean, variance = super()._calculate_mean_and_var(
-            inputs, reduction_axes, keep_dims, mask=mask)
-        if self.synchronized:
-            shape = tf.shape(inputs)
-            count = tf.cast(tf.reduce_prod(tf.gather(shape, reduction_axes)), tf.float32)
-            replica_ctx = tf.distribute.get_replica_context()
-            if replica_ctx is not None:
-                count = replica_ctx.all_reduce(tf.distribute.ReduceOp.SUM, count)
-            self._bessel = count / tf.maximum(count - 1.0, 1.0)
-        return mean, variance
+        if not self.synchronized or mask is not None:
+            return super()._calculate_mean_and_var(inputs, reduction_axes, keep_dims, mask=mask)
+        # Two-pass cross-replica moments. Keras's synchronized path uses E[x^2] - E[x]^2,
+        # whose cancellation in float32 made gradients ~1e-3 (relative) off torch's and
+        # the fused kernel's; the mean is all-reduced first, then the squared deviations.
+        replica_ctx = tf.distribute.get_replica_context()
+
+        def all_sum(value):
+            if replica_ctx is None:
+                return value
+            return replica_ctx.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+        # Half-precision inputs are reduced in float32; float32/float64 as they are.
+        dtype = tf.float32 if inputs.dtype in (tf.float16, tf.bfloat16) else inputs.dtype
+        x = tf.cast(inputs, dtype)
+        # The element count travels in the same all-reduce as the sums: a collective
+        # that depends on no data could be launched in a different order on different
+        # replicas and pair up with another layer's collective.
+        local_count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(x), reduction_axes)), dtype)
+        local_sum = tf.reduce_sum(x, reduction_axes, keepdims=True)
+        packed = all_sum(tf.concat([tf.reshape(local_sum, [-1]), [local_count]], 0))
+        count = packed[-1]
+        mean = tf.reshape(packed[:-1], tf.shape(local_sum)) / count
+        variance = all_sum(tf.reduce_sum(tf.square(x - mean), reduction_axes,
+                                         keepdims=True)) / count
+        self._bessel = count / tf.maximum(count - 1.0, 1.0)
+        if not keep_dims:
+            mean = tf.squeeze(mean, reduction_axes)
+            variance = tf.squeeze(variance, reduction_axes)
+        return tf.cast(mean, inputs.dtype), tf.cast(variance, inputs.dtype)
 
     def _assign_moving_average(self, variable, value, momentum, inputs_size):
         if self.synchronized and variable is self.moving_variance and self._bessel is not None:
-            value = tf.cast(value, tf.float32) * self._bessel
+            value = tf.cast(value, variable.dtype) * tf.cast(self._bessel, variable.dtype)
         return super()._assign_moving_average(variable, value, momentum, inputs_size)
 
 

@@ -41,7 +41,8 @@ import tf_keras
 from dwlt_tf import attacks, data, evaluate, files, optim, pruning_wrapper
 
 MODES = ("standard", "fast_adversarial", "pgd")
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+# float64 is for numerical checks (e.g. comparing strategies without float32 noise).
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "float64")
 RESULT_FILE = "result.json"
 METRICS_FILE = "metrics.jsonl"
 _DEFAULT_ATTACK = {"standard": None, "fast_adversarial": attacks.PRESETS["fgsm_rs"],
@@ -128,7 +129,7 @@ class TrainResult:
 def precision_policy(name):
     """Sets the Keras mixed-precision policy while models are built and trained."""
     previous = tf_keras.mixed_precision.global_policy()
-    tf_keras.mixed_precision.set_global_policy("float32" if name == "float32" else name)
+    tf_keras.mixed_precision.set_global_policy(name)
     try:
         yield
     finally:
@@ -173,9 +174,14 @@ class _Run:
             self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
             self.best_sa = tf.Variable(-1.0, dtype=tf.float64, trainable=False)
             self.best_ra = tf.Variable(-1.0, dtype=tf.float64, trainable=False)
+            # Running (loss sum, correct, examples) of the current epoch, so an epoch
+            # resumed mid-way reports the same averages as an uninterrupted one.
+            self.epoch_totals = tf.Variable([0.0, 0.0, 0.0], dtype=tf.float64,
+                                            trainable=False)
         self.checkpoint = tf.train.Checkpoint(
             model=self.model, optimizer=self.optimizer, epoch=self.epoch,
-            step_in_epoch=self.step_in_epoch, best_sa=self.best_sa, best_ra=self.best_ra)
+            step_in_epoch=self.step_in_epoch, best_sa=self.best_sa, best_ra=self.best_ra,
+            epoch_totals=self.epoch_totals)
         ckpt_dir = os.path.join(workdir, "checkpoints")
         if not self.chief:  # other workers save too (collectives), but to a scratch dir
             ckpt_dir = os.path.join(workdir, f".worker-{strategy.cluster_resolver.task_id}")
@@ -190,6 +196,10 @@ class _Run:
         local = tf.cast(tf.shape(labels)[0], tf.float32)
         total = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM,
                                                                local)
+        # Finish this collective before any other (e.g. synchronized BatchNorm's), so all
+        # replicas launch their collectives in the same order.
+        with tf.control_dependencies([total]):
+            images = tf.identity(images)
         if spec.attack is not None:
             images = attacks.attack_batch(model, spec.attack, images, labels,
                                           noise=batch["noise"], training=True)
@@ -229,6 +239,17 @@ class _Run:
         status = tf.train.Checkpoint(model=self.model).read(
             os.path.join(root, f"best_{which}", "ckpt"))
         status.assert_existing_objects_matched().expect_partial()
+
+    def save(self, step, where):
+        """A checkpoint -- only of finite weights, so the last one is always good."""
+        finite = all(bool(tf.reduce_all(tf.math.is_finite(v)))
+                     for v in self.model.trainable_variables)
+        if not finite:
+            last = self.manager.latest_checkpoint or "none yet"
+            raise NonFiniteLossError(
+                f"Weights became NaN/Inf ({where}) in {self.workdir}; stopped without "
+                f"saving, the last good checkpoint ({last}) is intact")
+        self.manager.save(checkpoint_number=step)
 
     def restore_latest(self):
         # Every worker resumes from the chief's checkpoints (a shared filesystem).
@@ -315,7 +336,8 @@ def _train(run, result_path):
                                      stateful_metrics=["loss", "acc", "img/s"])
         if skip:
             bar.update(skip)
-        loss_sum = correct = seen = 0.0
+        loss_sum, correct, seen = (float(v) for v in run.epoch_totals.numpy()) if skip \
+            else (0.0, 0.0, 0.0)
         epoch_start = time.time()
         for step in range(skip, run.steps_per_epoch):
             started = time.time()
@@ -343,7 +365,8 @@ def _train(run, result_path):
             if spec.checkpoint_every_steps and global_step % spec.checkpoint_every_steps == 0 \
                     and step + 1 < run.steps_per_epoch:
                 run.step_in_epoch.assign(step + 1)
-                run.manager.save(checkpoint_number=global_step)
+                run.epoch_totals.assign([loss_sum, correct, seen])
+                run.save(global_step, f"epoch {epoch + 1}, step {step + 1}")
         skip = 0
         record = {"epoch": epoch, "step": (epoch + 1) * run.steps_per_epoch,
                   "lr": run.schedule.at_epoch(epoch),
@@ -374,7 +397,8 @@ def _train(run, result_path):
                 f"{k} {v:.4g}" for k, v in record.items() if k not in ("epoch", "step")))
         run.epoch.assign(epoch + 1)
         run.step_in_epoch.assign(0)
-        run.manager.save(checkpoint_number=(epoch + 1) * run.steps_per_epoch)
+        run.epoch_totals.assign([0.0, 0.0, 0.0])
+        run.save((epoch + 1) * run.steps_per_epoch, f"end of epoch {epoch + 1}")
     return _finish(run, history, throughput, result_path)
 
 

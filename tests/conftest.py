@@ -22,6 +22,22 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUNDLED_CIFAR = os.path.join(REPO, "data", "cifar10_jpeg_small")
 
 
+_MIRRORED = []
+
+
+def mirrored_strategy():
+    """One MirroredStrategy over the two logical CPUs for the whole test session.
+
+    TensorFlow keys collective ops by (group, instance) numbers that every new strategy
+    object starts again from; a second strategy in the same process can collide with
+    the first one's cached collectives ("Shape mismatch in the collective instance").
+    Real programs create one strategy per process (`runtime.strategy` caches it).
+    """
+    if not _MIRRORED:
+        _MIRRORED.append(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    return _MIRRORED[0]
+
+
 @pytest.fixture
 def bundled_cifar():
     """Root of the bundled real CIFAR-10 JPEG subset (ImageFolder layout)."""

@@ -85,3 +85,29 @@ def test_copy_weights_keeps_everything_but_the_skipped_head():
 def test_bad_arguments_name_the_value(kwargs, match):
     with pytest.raises(ValueError, match=match):
         models.build_resnet(**kwargs)
+
+
+@pytest.mark.parametrize("synchronized", [False, True])
+def test_batchnorm_training_step_matches_torch(synchronized):
+    import tensorflow as tf
+    import torch
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(6, 5, 5, 4)) * 3 + 2).astype(np.float32)
+    upstream = rng.normal(size=x.shape).astype(np.float32)
+    bn = models.BatchNorm(synchronized=synchronized)
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        y = bn(xt, training=True)
+        loss = tf.reduce_sum(y * upstream)
+    dx = tape.gradient(loss, xt).numpy()
+    ref = torch.nn.BatchNorm2d(4).double().train()
+    xr = torch.tensor(x.transpose(0, 3, 1, 2), dtype=torch.float64, requires_grad=True)
+    yr = ref(xr)
+    (yr * torch.tensor(upstream.transpose(0, 3, 1, 2), dtype=torch.float64)).sum().backward()
+    np.testing.assert_allclose(y.numpy(), yr.detach().numpy().transpose(0, 2, 3, 1),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, xr.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-5)
+    # torch updates the running variance with the unbiased batch variance.
+    np.testing.assert_allclose(bn.moving_variance.numpy(), ref.running_var.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(bn.moving_mean.numpy(), ref.running_mean.numpy(), rtol=1e-5)

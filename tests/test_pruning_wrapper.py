@@ -5,14 +5,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras
+from conftest import mirrored_strategy
 from tensorflow_model_optimization.python.core.sparsity.keras import (
     pruning_wrapper as tfmot_pruning_wrapper)
 
 from dwlt_tf import attacks, data, imp, models, pruning, pruning_wrapper, tickets, train
 
 STRATEGIES = {
-    "default": lambda: tf.distribute.get_strategy(),
-    "mirrored": lambda: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]),
+    "default": tf.distribute.get_strategy,
+    "mirrored": mirrored_strategy,
 }
 
 

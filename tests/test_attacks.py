@@ -1,0 +1,147 @@
+"""Tests for dwlt_tf.attacks: CleverHans PGD / FGSM-RS with the reference presets."""
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
+
+from dwlt_tf import attacks, data, evaluate, models, pruning, pruning_wrapper, train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, bundled_cifar_module):
+    """A tiny ResNet trained for a few epochs on real images (classes 0-4)."""
+    splits = data.load(data.DataSpec("imagefolder", path=bundled_cifar_module, image_size=32,
+                                     augment="cifar", stats="cifar10", classes=(0, 1, 2, 3, 4)))
+
+    def model_fn():
+        tf_keras.utils.set_random_seed(0)
+        model = pruning_wrapper.wrap(models.build_resnet("resnet18", 5, "cifar",
+                                                         *splits.spec.mean_std, base_width=8))
+        pruning_wrapper.set_masks(model, pruning.global_magnitude_masks(
+            pruning_wrapper.get_kernels(model), None, 0.3))
+        return model
+
+    spec = train.TrainSpec(epochs=4, batch_size=64, lr=0.05, eval_attack=None, test=False,
+                           verbose=0)
+    result = train.fit(model_fn, splits, spec, str(tmp_path_factory.mktemp("trained")))
+    return result.model, splits
+
+
+@pytest.fixture(scope="module")
+def bundled_cifar_module():
+    from conftest import BUNDLED_CIFAR
+    return BUNDLED_CIFAR
+
+
+def _batch(splits, n=100):
+    batch = next(iter(data.eval_batches(splits, "test", n, with_noise=True)))
+    return batch["image"], batch["label"], batch["noise"]
+
+
+def test_pgd_stays_in_the_ball_and_lowers_accuracy(trained):
+    model, splits = trained
+    images, labels, noise = _batch(splits, 200)
+    adv = attacks.pgd_attack(model, images, labels, 8 / 255, 2 / 255, 10, noise=noise)
+    assert float(tf.reduce_max(tf.abs(adv - images))) <= 8 / 255 + 1e-6
+    assert float(tf.reduce_min(adv)) >= 0.0 and float(tf.reduce_max(adv)) <= 1.0
+
+    def accuracy(x):
+        return float(tf.reduce_mean(tf.cast(tf.argmax(model(x), 1) == labels, tf.float32)))
+    clean, robust = accuracy(images), accuracy(adv)
+    assert clean > 0.35, f"the fixture model did not learn (clean accuracy {clean})"
+    assert robust < clean - 0.2, f"PGD barely hurt: clean {clean}, robust {robust}"
+
+
+def test_equals_cleverhans_projected_gradient_descent_without_random_start(trained):
+    model, splits = trained
+    images, labels, _ = _batch(splits, 32)
+    ours = attacks.pgd_attack(model, images, labels, 8 / 255, 2 / 255, 5, random_start=False)
+    theirs = projected_gradient_descent(lambda x: model(x, training=False), images, 8 / 255,
+                                        2 / 255, 5, np.inf, clip_min=0.0, clip_max=1.0,
+                                        y=labels, rand_init=False)
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), atol=1e-6)
+
+
+def test_random_start_comes_from_the_given_noise(trained):
+    model, splits = trained
+    images, labels, noise = _batch(splits, 16)
+    first = attacks.pgd_attack(model, images, labels, 8 / 255, 2 / 255, 3, noise=noise)
+    again = attacks.pgd_attack(model, images, labels, 8 / 255, 2 / 255, 3, noise=noise)
+    np.testing.assert_array_equal(first.numpy(), again.numpy())
+    other = attacks.pgd_attack(model, images, labels, 8 / 255, 2 / 255, 3, noise=-noise)
+    assert not np.array_equal(first.numpy(), other.numpy())
+
+
+def test_fgsm_rs_takes_a_step_larger_than_eps(trained):
+    model, splits = trained
+    images, labels, noise = _batch(splits, 16)
+    fgsm = attacks.PRESETS["fgsm_rs"]
+    assert fgsm.step_size == pytest.approx(1.25 * fgsm.eps) and fgsm.steps == 1
+    adv = attacks.attack_batch(model, fgsm, images, labels, noise=noise)
+    assert float(tf.reduce_max(tf.abs(adv - images))) <= fgsm.eps + 1e-6
+    assert float(tf.reduce_mean(tf.abs(adv - images))) > 0.5 * fgsm.eps
+
+
+def test_attack_changes_no_weights_masks_or_pruning_state(trained):
+    model, splits = trained
+    images, labels, noise = _batch(splits, 16)
+    before = [v.numpy().copy() for v in model.variables]
+    attacks.pgd_attack(model, images, labels, 8 / 255, 2 / 255, 3, noise=noise)
+    for a, v in zip(before, model.variables):
+        np.testing.assert_array_equal(a, v.numpy(), err_msg=v.name)
+    # Training-mode attacks (the reference's) move only BatchNorm running statistics.
+    attacks.pgd_attack(model, images, labels, 8 / 255, 2 / 255, 3, noise=noise, training=True)
+    for a, v in zip(before, model.variables):
+        if "moving_" in v.name:
+            continue
+        np.testing.assert_array_equal(a, v.numpy(), err_msg=v.name)
+    assert any(not np.array_equal(a, v.numpy()) for a, v in zip(before, model.variables)
+               if "moving_mean" in v.name)
+    for a, v in zip(before, model.variables):  # restore for the other tests
+        v.assign(a)
+
+
+def test_works_inside_tf_function(trained):
+    model, splits = trained
+    images, labels, noise = _batch(splits, 8)
+
+    @tf.function
+    def attack(x, y, n):
+        return attacks.pgd_attack(model, x, y, 8 / 255, 2 / 255, 2, noise=n)
+    np.testing.assert_allclose(
+        attack(images, labels, noise).numpy(),
+        attacks.pgd_attack(model, images, labels, 8 / 255, 2 / 255, 2, noise=noise).numpy(),
+        atol=1e-6)
+
+
+def test_evaluate_reports_sa_and_ra(trained):
+    model, splits = trained
+    acc = evaluate.evaluate(model, splits, "test", batch_size=125,
+                            attack=attacks.Attack(8 / 255, 2 / 255, 5))
+    assert acc.count == 500
+    assert 0 <= acc.ra < acc.sa <= 100
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(eps=1.5), r"eps must be a float in \[0, 1\] \(pixel units\), got 1.5"),
+    (dict(eps=-0.1), "got -0.1"),
+    (dict(step_size=0.0), "step_size must be a positive float, got 0.0"),
+    (dict(steps=0), "steps must be a positive int, got 0"),
+    (dict(steps=2.5), "steps must be a positive int, got 2.5"),
+])
+def test_bad_budgets_are_rejected(kwargs, match):
+    budget = dict(eps=8 / 255, step_size=2 / 255, steps=3)
+    budget.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        attacks.Attack(**budget)
+    with pytest.raises(ValueError, match=match):
+        attacks.pgd_attack(None, np.zeros((1, 32, 32, 3), np.float32), [0], **budget)
+
+
+def test_presets_are_the_references():
+    assert attacks.preset("pgd10_train") == attacks.Attack(8 / 255, 2 / 255, 10)
+    assert attacks.preset("pgd20_eval") == attacks.Attack(8 / 255, 2 / 255, 20)
+    assert attacks.preset("pgd3_imp") == attacks.Attack(8 / 255, 16 / (3 * 255), 3)
+    with pytest.raises(ValueError, match="Unknown attack preset 'pgd7'"):
+        attacks.preset("pgd7")
