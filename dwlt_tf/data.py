@@ -142,6 +142,15 @@ class DataSpec:
                 raise ValueError(f"classes must be distinct class indices, got {self.classes}")
 
     @property
+    def label(self):
+        """A short human name: the dataset, or the ImageFolder's folder, plus classes."""
+        name = self.name if self.name != "imagefolder" else os.path.basename(
+            os.path.normpath(self.path))
+        if self.classes:
+            name += "[" + ",".join(str(c) for c in self.classes) + "]"
+        return name
+
+    @property
     def mean_std(self):
         if self.stats:
             return STATS[self.stats]

@@ -9,8 +9,13 @@ _RULES = ("py_library", "py_binary", "py_test")
 
 
 def _value(node):
-    """Literal value of a BUILD expression; calls (requirement(), glob()) become None."""
+    """Literal value of a BUILD expression: glob() is expanded, requirement() is None."""
     if isinstance(node, ast.Call):
+        if getattr(node.func, "id", None) == "glob":
+            patterns = ast.literal_eval(node.args[0])
+            return sorted(os.path.relpath(p, REPO) for pattern in patterns
+                          for p in glob.glob(os.path.join(REPO, pattern), recursive=True)
+                          if os.path.isfile(p))
         return None
     if isinstance(node, ast.List):
         return [_value(elt) for elt in node.elts]
@@ -46,6 +51,8 @@ def test_every_python_file_has_a_target_of_the_right_kind():
     for path in glob.glob(os.path.join(REPO, "trainers", "*.py")):
         if not path.endswith("__init__.py"):
             expected[os.path.relpath(path, REPO)] = "py_binary"
+    for path in glob.glob(os.path.join(REPO, "configs", "*.py")):
+        expected[os.path.relpath(path, REPO)] = "py_library"
     for path in glob.glob(os.path.join(REPO, "benchmarks", "*.py")):
         expected[os.path.relpath(path, REPO)] = "py_binary"
     for path in glob.glob(os.path.join(REPO, "tests", "test_*.py")):

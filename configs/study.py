@@ -1,0 +1,141 @@
+r"""The double-win study: IMP tickets of each pre-training, transferred with the dense model
+to each downstream task under standard and adversarial training, at several data rates.
+
+Variants:
+
+* `paper`: the paper's study -- ResNet-50 on ImageNet, pre-trainings `standard`
+  (torchvision), `fast_adversarial` (Wong et al. 2020) and `adversarial` (Salman et al.
+  2020; converted checkpoints, see trainers/convert_weights.py), IMP with the reference's
+  presets (configs/imp.py; adversarial IMP with PGD-3 for the robust pre-trainings),
+  tickets at 73.79 / 79.03 / 83.22 / 89.26 / 91.41 % sparsity (rounds 6, 7, 8, 10, 11),
+  transfer to CIFAR-10, CIFAR-100 and SVHN at data rates 1, 0.1 and 0.01 with the
+  reference's transfer presets (configs/transfer.py). For GPUs:
+
+    python trainers/study.py --config=configs/study.py:paper --workdir=runs/paper \
+        --config.pretrainings.standard.path=weights/resnet50_torchvision \
+        --config.pretrainings.fast_adversarial.path=weights/resnet50_fast_at \
+        --config.pretrainings.adversarial.path=weights/resnet50_linf4 \
+        --config.source.data_dir=~/tensorflow_datasets \
+        --config.downstream.dataset.data_dir=~/tensorflow_datasets
+
+* `quickstart`: the same study in miniature on 2 CPU cores in about 12 minutes, on the
+  real CIFAR-10 images bundled in data/ (JPEG q75 copy): a base_width-8 ResNet-18
+  (cifar stem, 32 px) is pre-trained here on classes 0-4 with standard training, then
+  fine-tuned from that with PGD training for the robust pre-training; IMP finds 3 tickets per pre-training on that source task (a 40 %
+  pruning rate, so 3 rounds reach 78 % sparsity); the dense model and every ticket are
+  transferred to classes 5-9 at data rate 0.5 under standard and PGD training; SA and
+  RA (PGD-10) are reported. Only sizes shrink; every stage of `paper` runs.
+
+    python trainers/study.py --config=configs/study.py:quickstart --workdir=runs/quickstart
+
+* `tiny`: a seconds-scale study for tests (2 IMP rounds, 1 epoch everywhere).
+"""
+import importlib.util
+import os
+
+import ml_collections
+
+
+def _sibling(name):
+    """configs/<name>.py, loaded by path (configs are files, not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        f"_dwlt_config_{name}", os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                             f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_transfer = _sibling("transfer")
+_imp = _sibling("imp")
+
+BUNDLED = "data/cifar10_jpeg_small"
+
+
+def _paper():
+    config = ml_collections.ConfigDict()
+    config.model = ml_collections.ConfigDict(dict(arch="resnet50", stem="imagenet",
+                                                  base_width=64, sync_batchnorm=False))
+    imp_config = _imp.get_config("imagenet_std")
+    config.source = imp_config.dataset
+    config.pretrainings = ml_collections.ConfigDict({
+        "standard": dict(path="weights/resnet50_torchvision", train={}, imp_mode="standard",
+                         init=""),
+        "fast_adversarial": dict(path="weights/resnet50_fast_at", train={}, imp_mode="pgd",
+                                 init=""),
+        "adversarial": dict(path="weights/resnet50_linf4", train={}, imp_mode="pgd", init=""),
+    })
+    config.imp = imp_config.imp
+    config.imp.rounds = 11
+    config.imp.train = imp_config.train
+    config.tickets = (6, 7, 8, 10, 11)
+    config.downstream = ml_collections.ConfigDict(dict(
+        datasets=("cifar10", "cifar100", "svhn"), data_rates=(1.0, 0.1, 0.01),
+        dataset=_transfer.dataset()))
+    config.transfer = ml_collections.ConfigDict({
+        "standard": _transfer.standard_train(),
+        "adversarial": _transfer.adversarial_train("cifar10"),
+        "adversarial:svhn": _transfer.adversarial_train("svhn"),
+    })
+    config.report = ml_collections.ConfigDict(dict(tolerance=0.0))
+    config.export = ml_collections.ConfigDict(dict(enabled=True, version=1, tflite=False))
+    config.runtime = _transfer.runtime()
+    return config
+
+
+def _miniature(epochs, imp_epochs, pretrain_epochs, rounds, eval_steps, train_steps):
+    config = _paper()
+    config.model.update(dict(arch="resnet18", stem="cifar", base_width=8))
+    config.source = _transfer.dataset("imagefolder", 1.0)
+    config.source.update(dict(data_dir="", path=BUNDLED, classes=(0, 1, 2, 3, 4),
+                              image_size=32, augment="cifar", stats="cifar10"))
+    pgd_eval = {"eps": 8 / 255, "step_size": 2 / 255, "steps": eval_steps}
+    pgd_train = {"eps": 8 / 255, "step_size": 2 / 255, "steps": train_steps}
+
+    def pretrain(mode):
+        spec = _transfer.standard_train()
+        spec.update(dict(mode=mode, epochs=pretrain_epochs, batch_size=64, lr=0.05,
+                         milestones=(max(1, pretrain_epochs * 3 // 4),), attack=pgd_train,
+                         eval_attack={}, test=False, verbose=0))
+        return spec
+    # Robust pre-training continues from the standard one (adversarial fine-tuning):
+    # from scratch, PGD training of so small a model on 900 images barely learns.
+    config.pretrainings = ml_collections.ConfigDict({
+        "standard": dict(path="", train=pretrain("standard"), imp_mode="standard", init=""),
+        "adversarial": dict(path="", train=pretrain("pgd"), imp_mode="pgd", init="standard"),
+    })
+    config.imp.update(dict(rounds=rounds, fraction=0.4))
+    config.imp.train.update(dict(epochs=imp_epochs, batch_size=64, lr=0.01, attack=pgd_train,
+                                 checkpoint_every_steps=0, verbose=0))
+    config.tickets = tuple(range(1, rounds + 1))
+    config.downstream.datasets = ("imagefolder",)
+    config.downstream.data_rates = (0.5,)
+    config.downstream.dataset.update(dict(data_dir="", path=BUNDLED, classes=(5, 6, 7, 8, 9),
+                                          image_size=32, augment="cifar", stats="cifar10"))
+    milestones = (max(1, epochs * 3 // 4),)
+    config.transfer.standard.update(dict(epochs=epochs, batch_size=64, lr=0.01,
+                                         milestones=milestones, eval_attack=pgd_eval,
+                                         eval_batch_size=250, verbose=0))
+    config.transfer.adversarial.update(dict(epochs=epochs, batch_size=64, lr=0.05,
+                                            milestones=milestones,
+                                            eval_start_epoch=epochs // 2,
+                                            attack=pgd_train, eval_attack=pgd_eval,
+                                            eval_batch_size=250, verbose=0))
+    del config.transfer["adversarial:svhn"]
+    return config
+
+
+def get_config(variant="quickstart"):
+    if variant == "paper":
+        return _paper()
+    if variant == "quickstart":
+        return _miniature(epochs=8, imp_epochs=3, pretrain_epochs=15, rounds=3,
+                          eval_steps=10, train_steps=3)
+    if variant == "tiny":
+        config = _miniature(epochs=1, imp_epochs=1, pretrain_epochs=1, rounds=2,
+                            eval_steps=2, train_steps=2)
+        del config.pretrainings["standard"]
+        config.pretrainings.adversarial.init = ""
+        config.downstream.data_rates = (0.2,)
+        return config
+    raise ValueError(f"Unknown variant {variant!r}: paper, quickstart or tiny")

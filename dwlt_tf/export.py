@@ -1,0 +1,237 @@
+"""SavedModel (and TFLite) export of tickets, ready for TF Serving.
+
+The exported model needs neither dwlt_tf nor the pruning wrappers: they are stripped
+(`tfmot.sparsity.keras.strip_pruning`) and the kernels hold the exact zeros. Layout is
+TF Serving's: `<export_dir>/<version>/saved_model.pb`, `variables/`, `assets/ticket.json`.
+A version is written under a temporary name and renamed into place, so a crash never
+leaves a half-written version; an existing version is never overwritten.
+
+Signatures:
+* `serving_default`: `images` float32 [N, S, S, 3] in [0, 1] (S = the training image
+  size) -> `logits` [N, C], `probabilities` [N, C], `classes` int64 [N].
+* `serve_encoded`: `image_bytes` string [N] (JPEG or PNG) -> the same outputs, with the
+  evaluation preprocessing of training done inside the graph.
+Inputs of another rank, channel count or dtype are rejected by the signature; pixel
+values outside [0, 1] (e.g. 0-255 images) fail with a clear error.
+
+Before the rename, the export is reloaded: the sparsity recomputed from the SavedModel's
+own variables must equal the recorded one, and its outputs must equal the Keras model's
+on a batch.
+"""
+import gzip
+import io
+import os
+import shutil
+import tarfile
+import tempfile
+
+import numpy as np
+
+import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+import tensorflow as tf
+
+from dwlt_tf import data, files, pruning_wrapper, tickets, train, transfer
+
+TICKET_ASSET = "ticket.json"
+
+
+class ExportError(RuntimeError):
+    """The export failed a check; nothing was written under the version's name."""
+
+
+def _preprocess_encoded(image_bytes, size, augment):
+    spec = data.DataSpec("imagefolder", path="-", image_size=size, augment=augment)
+
+    def one(encoded):
+        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+        image.set_shape([None, None, 3])
+        return data._preprocess_eval(image, spec)  # pylint: disable=protected-access
+    return tf.map_fn(one, image_bytes, fn_output_signature=tf.TensorSpec([size, size, 3],
+                                                                          tf.float32))
+
+
+class _Serving(tf.Module):
+    def __init__(self, model, size, augment, num_classes):
+        super().__init__()
+        self.model = model
+        # Tracked so a reloaded SavedModel exposes the ticket's kernels for audits
+        # (`tf.saved_model.load(path).conv_kernels`), no Keras needed.
+        self.conv_kernels = [v for v in model.weights if _is_conv_kernel(v)]
+        self.size = size
+        self.augment = augment
+        # Unknown rank on purpose: a restored signature does not enforce its input spec,
+        # and a spec with static dimensions would let TensorFlow fold away the checks
+        # below, turning a wrong input into a cryptic kernel error. The expected shape is
+        # checked at run time and stated in the error, the README and ticket.json.
+        images = tf.TensorSpec(None, tf.float32, name="images")
+        encoded = tf.TensorSpec([None], tf.string, name="image_bytes")
+        self.serve = tf.function(self._serve, input_signature=[images])
+        self.serve_encoded = tf.function(self._serve_encoded, input_signature=[encoded])
+
+    def _outputs(self, images):
+        logits = tf.cast(self.model(images, training=False), tf.float32)
+        return {"logits": logits, "probabilities": tf.nn.softmax(logits),
+                "classes": tf.argmax(logits, axis=-1)}
+
+    def _serve(self, images):
+        # A restored signature does not enforce its input spec, so check explicitly.
+        expected = f"images must be float32 [N, {self.size}, {self.size}, 3]"
+        # Valid for any rank (no branch, nothing that fails on a wrong shape itself).
+        shape = tf.shape(images)
+        first4 = tf.concat([shape, tf.zeros([4], tf.int32)], 0)[:4]
+        well_shaped = tf.logical_and(
+            tf.equal(tf.size(shape), 4),
+            tf.reduce_all(tf.equal(first4[1:], [self.size, self.size, 3])))
+        shape_check = tf.debugging.Assert(well_shaped, [f"{expected}; got shape", shape])
+        with tf.control_dependencies([shape_check]):
+            checks = [tf.debugging.assert_greater_equal(
+                          images, 0.0, message="images must be float32 pixels in [0, 1]"),
+                      tf.debugging.assert_less_equal(
+                          images, 1.0, message="images must be float32 pixels in [0, 1] "
+                                               "(got values > 1: 0-255 images? divide by 255)")]
+        with tf.control_dependencies(checks):
+            images = tf.ensure_shape(tf.identity(images), [None, self.size, self.size, 3])
+        return self._outputs(images)
+
+    def _serve_encoded(self, image_bytes):
+        return self._outputs(_preprocess_encoded(image_bytes, self.size, self.augment))
+
+
+def _is_conv_kernel(variable):
+    return len(variable.shape) == 4 and "kernel" in variable.name
+
+
+def conv_kernel_sparsity(variables):
+    """Sparsity over every rank-4 kernel among `variables` (what a ticket prunes)."""
+    kernels = [v.numpy() for v in variables if _is_conv_kernel(v)]
+    total = sum(k.size for k in kernels)
+    zeros = sum(int(np.count_nonzero(k == 0)) for k in kernels)
+    return zeros / total if total else 0.0
+
+
+def _dir_size(path):
+    return sum(os.path.getsize(os.path.join(root, f))
+               for root, _, names in os.walk(path) for f in names)
+
+
+def _gzip_size(path):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.add(path, arcname=".")
+    return len(gzip.compress(buffer.getvalue(), compresslevel=9))
+
+
+def export(model, export_dir, version, meta, image_size, augment="cifar", sample=None,
+           tflite=False, log=print):
+    """Exports `model` (wrapped or plain) as `<export_dir>/<version>`; returns the path.
+
+    Args:
+      meta: written to assets/ticket.json (architecture, class names, sparsity, ...).
+      sample: float32 images [N, S, S, 3] in [0, 1] for the parity check (random if None).
+      tflite: also write `<version>/model.tflite` (float32, sparse-weight encoding) and
+        check its outputs against the SavedModel's.
+    Returns the dict of measured sizes and checks (also stored in ticket.json).
+    """
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"version must be a positive int, got {version!r}")
+    target = os.path.join(os.path.abspath(export_dir), str(version))
+    if os.path.exists(target):
+        raise FileExistsError(f"Export version {target!r} already exists; versions are "
+                              "never overwritten (choose --version)")
+    plain = pruning_wrapper.strip(model) if pruning_wrapper.wrappers(model) else model
+    expected = conv_kernel_sparsity(plain.weights)
+    num_classes = int(plain.output_shape[-1])
+    serving = _Serving(plain, image_size, augment, num_classes)
+    if sample is None:
+        sample = np.random.default_rng(0).random((4, image_size, image_size, 3), np.float32)
+    reference = serving.serve(tf.constant(sample))["logits"].numpy()
+
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=os.path.dirname(target))
+    try:
+        info = dict(meta)
+        info.update(sparsity=expected, image_size=image_size, preprocessing=augment,
+                    num_classes=num_classes, dwlt_tf_version=dwlt_tf.__version__,
+                    signatures={"serving_default": "images float32 [N,S,S,3] in [0,1] -> "
+                                "logits, probabilities, classes",
+                                "serve_encoded": "image_bytes string [N] (JPEG/PNG) -> "
+                                "logits, probabilities, classes"})
+        os.makedirs(os.path.join(tmp, "asset"))
+        asset_src = os.path.join(tmp, "asset", TICKET_ASSET)
+        files.write_json(asset_src, info)
+        serving.ticket_info = tf.saved_model.Asset(asset_src)
+        saved = os.path.join(tmp, "model")
+        tf.saved_model.save(serving, saved, signatures={
+            "serving_default": serving.serve, "serve_encoded": serving.serve_encoded})
+        reloaded = tf.saved_model.load(saved)
+        measured = conv_kernel_sparsity(reloaded.conv_kernels)
+        if abs(measured - expected) > 1e-12:
+            raise ExportError(f"sparsity of the SavedModel's variables {measured:.6f} != "
+                              f"recorded {expected:.6f}")
+        got = reloaded.signatures["serving_default"](images=tf.constant(sample))["logits"]
+        delta = float(np.max(np.abs(got.numpy() - reference)))
+        if delta > 1e-5 * max(1.0, float(np.max(np.abs(reference)))):
+            raise ExportError(f"reloaded SavedModel's logits differ by {delta}")
+        info.update(check_sparsity=measured, check_max_abs_logit_delta=delta,
+                    saved_model_bytes=_dir_size(saved), saved_model_gzip_bytes=_gzip_size(saved))
+        if tflite:
+            info.update(_tflite(serving, saved, sample, reference))
+        # The tracked asset, now with the checks' results.
+        files.write_json(os.path.join(saved, "assets", TICKET_ASSET), info)
+        os.rename(saved, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(f"exported {target}: sparsity {100 * expected:.2f}%, SavedModel "
+        f"{info['saved_model_bytes'] / 1e6:.2f} MB ({info['saved_model_gzip_bytes'] / 1e6:.2f} "
+        f"MB gzipped)" + (f", TFLite {info['tflite_bytes'] / 1e6:.2f} MB" if tflite else ""))
+    return target, info
+
+
+def _tflite(serving, saved_dir, sample, reference):
+    # TFLite takes the model function itself (static input shape, no graph asserts:
+    # its runtime checks input shapes on its own).
+    spec = tf.TensorSpec([None, serving.size, serving.size, 3], tf.float32, name="images")
+    function = tf.function(serving._outputs,  # pylint: disable=protected-access
+                           input_signature=[spec]).get_concrete_function()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], serving)
+    converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
+    blob = converter.convert()
+    with open(os.path.join(saved_dir, "model.tflite"), "wb") as f:
+        f.write(blob)
+    interpreter = tf.lite.Interpreter(model_content=blob)
+    runner = interpreter.get_signature_runner()  # resizes its input to the batch
+    got = runner(images=sample)["logits"]
+    delta = float(np.max(np.abs(got - reference)))
+    if delta > 1e-4 * max(1.0, float(np.max(np.abs(reference)))):
+        raise ExportError(f"TFLite logits differ from the SavedModel's by {delta}")
+    return {"tflite_bytes": len(blob), "tflite_gzip_bytes": len(gzip.compress(blob, 9)),
+            "check_tflite_max_abs_logit_delta": delta}
+
+
+def export_transfer_cell(cell, export_dir, version, which="ra", tflite=False, extra=None,
+                         splits=None, log=print):
+    """Exports a finished transfer run (its best-SA or best-RA weights)."""
+    provenance = files.read_json(os.path.join(cell, transfer.PROVENANCE_FILE))
+    result = files.read_json(os.path.join(cell, train.RESULT_FILE))
+    masks = tickets.load(provenance["ticket"])[0] if provenance["ticket"] else None
+    if splits is None:
+        raise ValueError("export_transfer_cell needs the downstream splits (for the head "
+                         "size, normalization and a parity batch)")
+    build, meta = transfer.model_fn(provenance["pretrained"], masks, splits, seed=0)
+    model = build()
+    tf.train.Checkpoint(model=model).read(
+        os.path.join(cell, f"best_{which}", "ckpt")).expect_partial()
+    sample = next(iter(data.eval_batches(splits, "test", 8)))["image"].numpy()
+    info = {"architecture": provenance["arch"], "stem": provenance["stem"],
+            "base_width": provenance["base_width"], "class_names": provenance["class_names"],
+            "pretraining": provenance["pretraining"],
+            "source_weights_sha256": provenance["pretrained_sha256"],
+            "ticket_round": provenance["ticket_round"],
+            "transfer_regime": provenance["mode"], "dataset": provenance["dataset"],
+            "data_rate": provenance["data_rate"], "checkpoint": f"best_{which}",
+            "test_sa": result["best"][which]["test_sa"],
+            "test_ra": result["best"][which]["test_ra"],
+            "layer_sparsity": tickets.layer_sparsity(masks) if masks else {}}
+    info.update(extra or {})
+    return export(model, export_dir, version, info, splits.spec.image_size,
+                  splits.spec.augment, sample, tflite, log)

@@ -1,0 +1,71 @@
+"""Transfer of a ticket (or the dense pre-trained model) to a downstream task.
+
+The reference's recipe (`main_std_eval.py`, `main_adv_eval.py`): load the pre-trained
+weights, apply the ticket's masks to the conv weights (every conv, as found by IMP),
+put a fresh classifier for the downstream classes on top (torch.nn.Linear's default
+init) and the downstream dataset's normalization constants in front, then train the
+whole network -- standard or adversarial -- and report test SA/RA of the best-SA and
+best-RA checkpoints selected on validation.
+"""
+import dataclasses
+import os
+from typing import Optional
+
+import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+import tf_keras
+
+from dwlt_tf import convert, data, files, models, pruning_wrapper, tickets, train
+
+PROVENANCE_FILE = "transfer.json"
+
+
+def model_fn(pretrained_dir, masks, splits: data.Splits, seed, prunable=("conv",)):
+    """Returns the function building the transfer model (inside a strategy scope)."""
+    source = convert.load_converted(pretrained_dir)
+    weights = {layer.name: layer.get_weights() for layer in source.model.layers
+               if layer.weights and layer.name not in ("fc", "normalize")}
+    meta = source.meta
+    mean, std = splits.spec.mean_std
+
+    def build():
+        tf_keras.utils.set_random_seed(seed)  # the new head's init
+        model = models.build_resnet(meta["arch"], splits.num_classes, meta["stem"], mean, std,
+                                    meta["base_width"])
+        for layer in model.layers:
+            if layer.name in weights:
+                layer.set_weights(weights[layer.name])
+        if masks is None:
+            return model
+        wrapped = pruning_wrapper.wrap(model, prunable=prunable)
+        pruning_wrapper.set_masks(wrapped, masks)
+        return wrapped
+    return build, meta
+
+
+def run(pretrained_dir: str, ticket_dir: Optional[str], dataset: data.DataSpec,
+        spec: train.TrainSpec, workdir: str, strategy=None, splits=None) -> train.TrainResult:
+    """Transfers `ticket_dir`'s subnetwork (None: the dense model) of `pretrained_dir`.
+
+    Resumable like `train.fit`; `<workdir>/transfer.json` records what was transferred.
+    """
+    masks, ticket_meta = (None, {}) if ticket_dir is None else tickets.load(ticket_dir)
+    splits = splits or data.load(dataset)
+    build, meta = model_fn(pretrained_dir, masks, splits, spec.seed)
+    os.makedirs(workdir, exist_ok=True)
+    provenance = {
+        "pretrained": os.path.abspath(pretrained_dir),
+        "pretrained_sha256": meta.get("source_sha256"),
+        "pretraining": meta.get("pretraining", meta.get("format")),
+        "ticket": os.path.abspath(ticket_dir) if ticket_dir else None,
+        "ticket_sparsity": ticket_meta.get("sparsity", 0.0),
+        "ticket_round": ticket_meta.get("round", 0),
+        "dataset": dataset.name, "data_rate": dataset.data_rate,
+        "dataset_spec": dataclasses.asdict(dataset),
+        "classes": list(dataset.classes) if dataset.classes else None,
+        "class_names": list(splits.class_names), "mode": spec.mode,
+        "arch": meta["arch"], "stem": meta["stem"], "base_width": meta["base_width"],
+    }
+    path = os.path.join(workdir, PROVENANCE_FILE)
+    if not os.path.exists(path):
+        files.write_json(path, provenance)
+    return train.fit(build, splits, spec, workdir, strategy)

@@ -1,0 +1,203 @@
+"""Tests for the study: configs, validation, double-win logic, a tiny study end to end."""
+import csv
+import glob
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from unittest import mock
+
+import pytest
+
+from conftest import REPO
+from dwlt_tf import config as cfg
+from dwlt_tf import report, study, train
+
+
+def _load_config(name, variant=None):
+    spec = importlib.util.spec_from_file_location(f"cfg_{name}",
+                                                  os.path.join(REPO, "configs", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(variant) if variant else module.get_config()
+
+
+# ----------------------------------------------------------------- paper presets
+
+def test_imp_presets_are_the_references():
+    for variant, mode in (("imagenet_std", "standard"), ("imagenet_adv", "pgd")):
+        config = _load_config("imp", variant)
+        spec = cfg.train_spec(config.train)
+        assert (spec.mode, spec.epochs, spec.lr, spec.weight_decay, spec.batch_size,
+                spec.momentum, spec.schedule, spec.warmup_epochs) == (
+            mode, 30, 0.0005, 1e-4, 2048, 0.9, "constant", 0)
+        assert cfg.imp_spec(config.imp).fraction == 0.2
+        if mode == "pgd":
+            assert spec.attack.eps == 8 / 255 and spec.attack.steps == 3
+            assert spec.attack.step_size == pytest.approx(16 / (3 * 255))
+        assert cfg.data_spec(config.dataset).name == "imagenet"
+
+
+def test_transfer_presets_are_the_references():
+    pgd20 = (8 / 255, 2 / 255, 20)
+    std = cfg.train_spec(_load_config("transfer", "std_cifar10").train)
+    assert (std.mode, std.lr, std.batch_size, std.epochs, std.milestones, std.gamma,
+            std.weight_decay, std.momentum, std.warmup_epochs) == (
+        "standard", 0.001, 64, 150, (50, 100), 0.1, 5e-4, 0.9, 0)
+    for dataset in ("cifar10", "cifar100"):
+        adv = cfg.train_spec(_load_config("transfer", f"adv_{dataset}").train)
+        assert (adv.mode, adv.lr, adv.batch_size, adv.epochs, adv.milestones, adv.weight_decay,
+                adv.warmup_epochs, adv.schedule) == (
+            "pgd", 0.1, 128, 100, (50, 75), 5e-4, 0, "multistep")
+        assert (adv.attack.eps, adv.attack.step_size, adv.attack.steps) == (8 / 255, 2 / 255, 10)
+        assert (adv.eval_attack.eps, adv.eval_attack.step_size, adv.eval_attack.steps) == pgd20
+    svhn = cfg.train_spec(_load_config("transfer", "adv_svhn").train)
+    assert (svhn.lr, svhn.epochs, svhn.schedule) == (0.01, 80, "cosine")
+    for variant in ("std_cifar10", "adv_svhn"):
+        spec = cfg.data_spec(_load_config("transfer", variant).dataset)
+        assert (spec.image_size, spec.augment, spec.data_rate) == (224, "imagenet", 1.0)
+
+
+def test_every_config_variant_validates(tmp_path):
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for name, variants in (("imp", ("imagenet_std", "imagenet_adv", "local")),
+                           ("transfer", ("std_cifar10", "std_cifar100", "std_svhn",
+                                         "adv_cifar10", "adv_cifar100", "adv_svhn", "local"))):
+        for variant in variants:
+            config = _load_config(name, variant)
+            cfg.train_spec(config.train)
+            cfg.data_spec(config.dataset)
+    paper = _load_config("study", "paper")
+    for name in paper.pretrainings:
+        paper.pretrainings[name].path = str(weights)
+    plan = study.plan(paper)
+    assert plan.ticket_rounds == [6, 7, 8, 10, 11]
+    assert len(plan.datasets) == 9  # 3 datasets x data rates 1, 0.1, 0.01
+    assert plan.transfer["adversarial:svhn"].schedule == "cosine"
+    assert plan.pretrainings["adversarial"]["imp"].mode == "pgd"
+    assert plan.pretrainings["standard"]["imp"].mode == "standard"
+    for variant in ("quickstart", "tiny"):
+        study.plan(_load_config("study", variant))
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda c: c.update({"bogus": 1}), r"config.bogus: unknown key"),
+    (lambda c: c.transfer.standard.update({"epochs": -3}), r"transfer.standard.epochs=-3"),
+    (lambda c: c.downstream.update({"data_rates": (1.5,)}), r"data_rate must be in \(0, 1\], got 1.5"),
+    (lambda c: c.downstream.update({"datasets": ("mnist",)}), r"Unknown dataset 'mnist'"),
+    (lambda c: c.pretrainings.adversarial.update({"imp_mode": "trades"}), r"imp.train.mode='trades'"),
+    (lambda c: c.pretrainings.adversarial.train.update({"lr": 0.0}), r"pretrainings.adversarial.train.lr=0.0"),
+    (lambda c: c.transfer.adversarial.attack.update({"eps": 8}), r"eps must be a float in \[0, 1\]"),
+    (lambda c: c.update({"tickets": (1, 5)}), r"rounds \[5\] outside 1..imp.rounds=2"),
+])
+def test_bad_configs_are_rejected_naming_key_and_value(edit, match):
+    config = _load_config("study", "tiny")
+    with config.unlocked():
+        edit(config)
+    with pytest.raises(cfg.ConfigError, match=match):
+        study.plan(config)
+
+
+def test_missing_pretrained_weights_are_named(tmp_path):
+    config = _load_config("study", "tiny")
+    config.pretrainings.adversarial.path = str(tmp_path / "nope")
+    with pytest.raises(cfg.ConfigError, match="either `path`.*not both"):
+        study.plan(config)
+    config.pretrainings.adversarial.train = {}
+    with pytest.raises(cfg.ConfigError, match=r"pretrainings.adversarial.path=.*no such file"):
+        study.plan(config)
+
+
+def test_trainer_reports_bad_config_in_one_line():
+    out = subprocess.run([sys.executable, os.path.join(REPO, "trainers", "study.py"),
+                          "--config=configs/study.py:tiny", "--workdir=/tmp/never-written",
+                          "--config.transfer.standard.epochs=0"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    assert "study: error: transfer.standard.epochs=0: must be a positive int" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not os.path.exists("/tmp/never-written")
+
+
+# --------------------------------------------------------------- double-win logic
+
+def _row(ticket, regime, sa, ra, sparsity=0.0, pretraining="adversarial"):
+    return {"pretraining": pretraining, "dataset": "cifar10", "data_rate": 1.0,
+            "regime": regime, "ticket": ticket, "sparsity": sparsity, "sa": sa, "ra": ra,
+            "cell": f"cells/{ticket}-{regime}"}
+
+
+def test_double_win_logic_on_constructed_results():
+    rows = [_row("dense", "standard", 90.0, 10.0), _row("dense", "adversarial", 80.0, 50.0)]
+    rows += [_row("round 6", "standard", 91.0, 10.0, 0.7379),   # matching
+             _row("round 6", "adversarial", 80.0, 50.5, 0.7379),  # matching -> double-win
+             _row("round 8", "standard", 90.5, 11.0, 0.8322),   # matching
+             _row("round 8", "adversarial", 81.0, 49.0, 0.8322),  # RA worse -> not matching
+             _row("round 10", "standard", 89.0, 12.0, 0.8926),  # SA worse
+             _row("round 10", "adversarial", 82.0, 51.0, 0.8926)]
+    summary = report.analyze(rows)
+    (group,) = summary.values()
+    verdicts = {v["ticket"]: v for v in group["tickets"]}
+    assert verdicts["round 6"]["double_win"] is True
+    assert (verdicts["round 8"]["standard"], verdicts["round 8"]["adversarial"]) == (True, False)
+    assert (verdicts["round 10"]["standard"], verdicts["round 10"]["adversarial"]) == (False, True)
+    assert group["sparsest_double_win"]["ticket"] == "round 6"
+    # With a 1-point tolerance round 8 and round 10 become double-win; round 10 is sparser.
+    loose = list(report.analyze(rows, tolerance=1.0).values())[0]
+    assert loose["sparsest_double_win"]["ticket"] == "round 10"
+    row, reason = report.choose_export(rows, summary)
+    assert row["ticket"] == "round 6" and row["regime"] == "adversarial"
+    assert "sparsest double-win" in reason
+    # No double-win ticket: the best adversarial RA is exported, and the report says so.
+    none = [r for r in rows if r["ticket"] != "round 6"]
+    row, reason = report.choose_export(none, report.analyze(none))
+    assert row["ticket"] == "round 10" and "no ticket is double-win" in reason
+    text = report.markdown(rows, summary, 0.0, reason)
+    assert "| round 6 | 73.79% |" in text and "Sparsest double-win ticket: **round 6**" in text
+
+
+# ------------------------------------------------------------------- end to end
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("study"))
+    rows, summary = study.run(_load_config("study", "tiny"), workdir, log=lambda *_: None)
+    return workdir, rows, summary
+
+
+def test_tiny_study_writes_every_artifact(tiny_study):
+    workdir, rows, summary = tiny_study
+    assert len(rows) == 6  # (dense + 2 tickets) x (standard, adversarial)
+    assert {r["ticket"] for r in rows} == {"dense", "round 1", "round 2"}
+    assert sorted(round(r["sparsity"], 4) for r in rows if r["regime"] == "standard") == [
+        0.0, 0.4, 0.64]
+    with open(os.path.join(workdir, "results.csv")) as f:
+        assert len(list(csv.DictReader(f))) == 6
+    with open(os.path.join(workdir, "results.json")) as f:
+        assert json.load(f) == rows
+    text = open(os.path.join(workdir, "report.md")).read()
+    assert "cifar10_jpeg_small[5,6,7,8,9]" in text and "## Export" in text
+    (png,) = glob.glob(os.path.join(workdir, "plots", "*.png"))
+    with open(png, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    export_dir = os.path.join(workdir, "export", "1")
+    assert os.path.isfile(os.path.join(export_dir, "saved_model.pb"))
+    info = json.load(open(os.path.join(export_dir, "assets", "ticket.json")))
+    assert info["sparsity"] > 0 and info["check_sparsity"] == info["sparsity"]
+    kinds = sorted(os.path.basename(p).split("_")[0]
+                   for p in glob.glob(os.path.join(workdir, "cells", "*")))
+    assert kinds == ["imp", "pretrain"] + ["transfer"] * 6
+
+
+def test_second_run_recomputes_nothing(tiny_study):
+    workdir, rows, _ = tiny_study
+    cells = sorted(glob.glob(os.path.join(workdir, "cells", "*")))
+    stamps = {p: os.path.getmtime(p) for p in glob.glob(
+        os.path.join(workdir, "cells", "*", "**", "*"), recursive=True)}
+    with mock.patch.object(train, "_train", side_effect=AssertionError("retrained")):
+        again, _ = study.run(_load_config("study", "tiny"), workdir, log=lambda *_: None)
+    assert again == rows
+    assert sorted(glob.glob(os.path.join(workdir, "cells", "*"))) == cells
+    assert stamps == {p: os.path.getmtime(p) for p in stamps}

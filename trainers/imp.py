@@ -1,0 +1,47 @@
+r"""Finds tickets with IMP (rewinding to the pre-trained weights) on the pre-training task.
+
+  python trainers/imp.py --config=configs/imp.py:imagenet_adv \
+      --pretrained=weights/robust_resnet50 --workdir=runs/imp_adv --data_dir=~/tensorflow_datasets
+
+Tickets appear in <workdir>/tickets/round_KK as soon as they exist; rerunning resumes.
+"""
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from dwlt_tf import cli
+from dwlt_tf import config as cfg
+from dwlt_tf import convert, data, files, imp
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "configs/imp.py[:variant]")
+cli.define_common_flags()
+flags.DEFINE_string("pretrained", None, "Converted pre-trained weights (convert_weights.py).")
+flags.mark_flags_as_required(["config", "workdir", "pretrained"])
+
+
+def main(argv):
+    del argv
+    with cli.reported("imp"):
+        config = cli.apply_data_dir(FLAGS.config, FLAGS.data_dir)
+        cfg.check_keys(config, ("imp", "train", "dataset", "runtime"), "config")
+        imp_spec = cfg.imp_spec(config.imp)
+        spec = cfg.train_spec(config.train)
+        dataset = cfg.data_spec(config.dataset)
+        meta = files.read_json(os.path.join(FLAGS.pretrained, convert.META_FILE)) \
+            if os.path.isdir(FLAGS.pretrained) else None
+        if meta is None:
+            raise FileNotFoundError(f"--pretrained={FLAGS.pretrained!r} is not a directory of "
+                                    "converted weights (use trainers/convert_weights.py)")
+        strategy = cli.setup(config)
+        paths = imp.run(lambda: convert.load_converted(FLAGS.pretrained).model,
+                        data.load(dataset), spec, imp_spec, FLAGS.workdir, strategy,
+                        meta={"source_sha256": meta["source_sha256"], "arch": meta["arch"],
+                              "config": cfg.to_dict(config)})
+    for path in paths:
+        print(f"{path}: sparsity {100 * files.read_json(os.path.join(path, 'ticket.json'))['sparsity']:.2f}%")
+
+
+if __name__ == "__main__":
+    app.run(main)

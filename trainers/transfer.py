@@ -1,0 +1,44 @@
+r"""Transfers one ticket (or the dense pre-trained model) to one downstream task.
+
+  python trainers/transfer.py --config=configs/transfer.py:adv_cifar10 \
+      --pretrained=weights/robust_resnet50 --ticket=runs/imp/tickets/round_10 \
+      --workdir=runs/transfer --data_dir=~/tensorflow_datasets
+
+Without --ticket the dense model is transferred. Rerunning the same command resumes an
+interrupted run; a finished run is reported, not retrained.
+"""
+from absl import app, flags
+from ml_collections import config_flags
+
+from dwlt_tf import cli
+from dwlt_tf import config as cfg
+from dwlt_tf import transfer
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "configs/transfer.py[:variant]")
+cli.define_common_flags()
+flags.DEFINE_string("pretrained", None, "Converted pre-trained weights (convert_weights.py).")
+flags.DEFINE_string("ticket", None, "Ticket directory (masks.npz + ticket.json); omit for dense.")
+flags.mark_flags_as_required(["config", "workdir", "pretrained"])
+
+
+def main(argv):
+    del argv
+    with cli.reported("transfer"):
+        config = cli.apply_data_dir(FLAGS.config, FLAGS.data_dir)
+        cfg.check_keys(config, ("dataset", "train", "runtime"), "config")
+        dataset = cfg.data_spec(config.dataset)
+        spec = cfg.train_spec(config.train)
+        strategy = cli.setup(config)
+        result = transfer.run(FLAGS.pretrained, FLAGS.ticket, dataset, spec, FLAGS.workdir,
+                              strategy)
+    for which in ("sa", "ra"):
+        best = result.best[which]
+        print(f"best-{which.upper()} checkpoint (epoch {best['epoch'] + 1}): test SA "
+              f"{best.get('test_sa', float('nan')):.2f}%, test RA "
+              f"{best.get('test_ra') or float('nan'):.2f}%")
+    print(f"results: {FLAGS.workdir}/result.json")
+
+
+if __name__ == "__main__":
+    app.run(main)
