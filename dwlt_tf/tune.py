@@ -1,0 +1,195 @@
+"""Tune transfer hyperparameters with keras-tuner, through dwlt_tf's own training loop.
+
+keras-tuner builds and fits Keras models by default (and 1.4.8 refuses tf_keras models
+there); our training is a custom adversarial loop, so tuning goes through the tuner's
+trial API: `TransferTuner.run_trial` turns the trial's hyperparameters into a
+`TrainSpec`, runs `transfer.run` (standard or adversarial) in the trial's own resumable
+workdir with `test=False` -- tuning never touches the test split -- and returns the
+validation metrics. Oracles: random, bayesian, hyperband (hyperband's epoch budget
+becomes `train.epochs`).
+
+Search spaces are declared in the config (`tune.space`), one entry per TrainSpec field:
+{"type": "float"|"int", "min", "max", "sampling": "linear"|"log"} or
+{"type": "choice", "values": [...]}. The objective is `val_sa`, `val_ra` or `weighted`
+(`tune.weights`: {"sa": w1, "ra": w2}). Everything is checked before the first trial.
+
+Outputs in the workdir: keras-tuner's state (`tuner/`; an interrupted search resumes and
+does not rerun finished trials), `trials.csv`, and `best.flags`, a flagfile of config
+overrides that `trainers/transfer.py --flagfile=best.flags` accepts.
+"""
+import csv
+import dataclasses
+import io
+import os
+
+import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+import keras_tuner
+from keras_tuner.src.engine import base_tuner
+
+from dwlt_tf import config as cfg
+from dwlt_tf import data, files, train, transfer
+
+OBJECTIVES = ("val_sa", "val_ra", "weighted")
+ORACLES = ("random", "bayesian", "hyperband")
+_TUNABLE = {f.name for f in dataclasses.fields(train.TrainSpec)} - {
+    "attack", "eval_attack", "mode", "test", "verbose", "precision", "milestones"}
+
+
+def validate_space(space, objective, weights, base_spec, oracle):
+    """Checks the search space and objective before any trial runs."""
+    space = cfg.to_dict(space)
+    if not space:
+        raise cfg.ConfigError("tune.space: empty; declare at least one hyperparameter")
+    if oracle not in ORACLES:
+        raise cfg.ConfigError(f"tune.oracle={oracle!r}: choose one of {ORACLES}")
+    for name, entry in space.items():
+        where = f"tune.space.{name}"
+        if name not in _TUNABLE:
+            raise cfg.ConfigError(f"{where}: unknown hyperparameter (tunable: {sorted(_TUNABLE)})")
+        if oracle == "hyperband" and name == "epochs":
+            raise cfg.ConfigError(f"{where}: hyperband sets epochs itself (tune.max_epochs)")
+        kind = entry.get("type")
+        if kind in ("float", "int"):
+            if not entry.get("min", 0) < entry.get("max", 0):
+                raise cfg.ConfigError(f"{where}: empty range min={entry.get('min')!r} "
+                                      f"max={entry.get('max')!r}")
+            if entry.get("sampling", "linear") == "log" and entry["min"] <= 0:
+                raise cfg.ConfigError(f"{where}: log sampling needs min > 0, got {entry['min']}")
+        elif kind == "choice":
+            if not entry.get("values"):
+                raise cfg.ConfigError(f"{where}: empty choice")
+        else:
+            raise cfg.ConfigError(f"{where}.type={kind!r}: use float, int or choice")
+    if objective not in OBJECTIVES:
+        raise cfg.ConfigError(f"tune.objective={objective!r}: choose one of {OBJECTIVES}")
+    needs_ra = objective == "val_ra" or (objective == "weighted" and cfg.to_dict(weights).get("ra"))
+    if needs_ra and (base_spec.eval_attack is None or not base_spec.select_ra):
+        raise cfg.ConfigError(f"tune.objective={objective!r} needs validation RA, which "
+                              "train.eval_attack/select_ra do not produce")
+    return space
+
+
+def _declare(hp, space):
+    for name, entry in space.items():
+        if entry["type"] == "float":
+            hp.Float(name, entry["min"], entry["max"], sampling=entry.get("sampling", "linear"))
+        elif entry["type"] == "int":
+            hp.Int(name, entry["min"], entry["max"], sampling=entry.get("sampling", "linear"))
+        else:
+            hp.Choice(name, list(entry["values"]))
+
+
+class TransferTuner(base_tuner.BaseTuner):
+    """keras-tuner trials that each run one dwlt_tf transfer."""
+
+    def __init__(self, oracle, pretrained, ticket, dataset, base_spec, objective, weights,
+                 workdir, strategy=None, splits=None, **kwargs):
+        super().__init__(oracle=oracle, directory=workdir, project_name="tuner", **kwargs)
+        self.pretrained, self.ticket, self.dataset = pretrained, ticket, dataset
+        self.base_spec, self.objective_name, self.weights = base_spec, objective, weights
+        self.workdir, self.strategy = workdir, strategy
+        self.splits = splits or data.load(dataset)
+        self.trials_run = []
+
+    def spec_for(self, values):
+        values = {k: v for k, v in values.items() if not k.startswith("tuner/")}
+        if "epochs" not in values and "tuner/epochs" in values:
+            values["epochs"] = values["tuner/epochs"]
+        return dataclasses.replace(self.base_spec, test=False, **values)
+
+    def run_trial(self, trial, *args, **kwargs):
+        hp = dict(trial.hyperparameters.values)
+        if "tuner/epochs" in hp:
+            hp["epochs"] = int(hp["tuner/epochs"])
+        spec = self.spec_for(hp)
+        self.trials_run.append(trial.trial_id)
+        result = transfer.run(self.pretrained, self.ticket, self.dataset, spec,
+                              os.path.join(self.workdir, "trials", trial.trial_id),
+                              self.strategy, splits=self.splits)
+        val_sa = result.best["sa"]["val_sa"]
+        val_ra = result.best["ra"]["val_ra"]
+        metrics = {"val_sa": val_sa}
+        if val_ra is not None:
+            metrics["val_ra"] = val_ra
+        metrics["weighted"] = (self.weights.get("sa", 0.0) * val_sa
+                               + self.weights.get("ra", 0.0) * (val_ra or 0.0))
+        return metrics
+
+    # BaseTuner's model hooks: there is no Keras model to save per trial (each trial's
+    # workdir already holds its checkpoints).
+    def save_model(self, trial_id, model, step=0):
+        del trial_id, model, step
+
+    def load_model(self, trial):
+        raise NotImplementedError("Trial models live in <workdir>/trials/<trial_id>")
+
+
+def make_oracle(kind, objective, max_trials, seed, max_epochs=None):
+    goal = keras_tuner.Objective(objective, direction="max")
+    if kind == "random":
+        return keras_tuner.oracles.RandomSearchOracle(goal, max_trials=max_trials, seed=seed)
+    if kind == "bayesian":
+        return keras_tuner.oracles.BayesianOptimizationOracle(goal, max_trials=max_trials,
+                                                              seed=seed)
+    return keras_tuner.oracles.HyperbandOracle(goal, max_epochs=max_epochs, seed=seed)
+
+
+def search(pretrained, ticket, dataset, base_spec, tune_config, workdir, strategy=None):
+    """Runs (or resumes) a search; returns (rows, best_values)."""
+    cfg.check_keys(tune_config, ("oracle", "objective", "weights", "space", "max_trials",
+                                 "max_epochs", "seed"), "tune")
+    tc = cfg.to_dict(tune_config)
+    space = validate_space(tc.get("space"), tc.get("objective", "val_sa"),
+                           tc.get("weights", {}), base_spec, tc.get("oracle", "random"))
+    oracle = make_oracle(tc.get("oracle", "random"), tc.get("objective", "val_sa"),
+                         tc.get("max_trials", 10), tc.get("seed", 1), tc.get("max_epochs", 4))
+    _declare(oracle.hyperparameters, space)
+    tuner = TransferTuner(oracle, pretrained, ticket, dataset, base_spec,
+                          tc.get("objective", "val_sa"), tc.get("weights", {}) or {}, workdir,
+                          strategy)
+    tuner.search()
+    rows = []
+    for trial in sorted(tuner.oracle.trials.values(), key=lambda t: t.trial_id):
+        row = {"trial": trial.trial_id, "status": str(trial.status),
+               "score": trial.score}
+        row.update({k: v for k, v in trial.hyperparameters.values.items()})
+        for metric in ("val_sa", "val_ra", "weighted"):
+            if trial.metrics.exists(metric):
+                row[metric] = trial.metrics.get_last_value(metric)
+        rows.append(row)
+    best = tuner.oracle.get_best_trials(1)[0]
+    best_values = {k: v for k, v in best.hyperparameters.values.items()}
+    if "tuner/epochs" in best_values:
+        best_values["epochs"] = int(best_values["tuner/epochs"])
+    best_values = {k: v for k, v in best_values.items() if not k.startswith("tuner/")}
+    _write_outputs(rows, best_values, best, workdir)
+    tuner.trials_run_this_call = list(tuner.trials_run)
+    return rows, best_values, tuner
+
+
+def _write_outputs(rows, best_values, best, workdir):
+    columns = sorted({key for row in rows for key in row},
+                     key=lambda k: (k not in ("trial", "status", "score"), k))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(row)
+    files.write_text(os.path.join(workdir, "trials.csv"), buffer.getvalue())
+    lines = [f"# best trial {best.trial_id}: score {best.score}"]
+    lines += [f"--config.train.{k}={v!r}" if isinstance(v, str) else f"--config.train.{k}={v}"
+              for k, v in sorted(best_values.items())]
+    files.write_text(os.path.join(workdir, "best.flags"), "\n".join(lines) + "\n")
+
+
+def summary(rows):
+    """A printable table of the trials."""
+    columns = [c for c in ("trial", "status", "score", "val_sa", "val_ra") if any(
+        c in r for r in rows)]
+    params = sorted({k for r in rows for k in r} - set(columns) - {"weighted"})
+    header = columns + params
+    lines = [" | ".join(header)]
+    for r in rows:
+        lines.append(" | ".join(f"{r.get(c):.4g}" if isinstance(r.get(c), float) else
+                                str(r.get(c, "")) for c in header))
+    return "\n".join(lines)
