@@ -211,16 +211,11 @@ def _tflite(serving, saved_dir, sample, reference):
 def export_transfer_cell(cell, export_dir, version, which="ra", tflite=False, extra=None,
                          splits=None, log=print):
     """Exports a finished transfer run (its best-SA or best-RA weights)."""
-    provenance = files.read_json(os.path.join(cell, transfer.PROVENANCE_FILE))
-    result = files.read_json(os.path.join(cell, train.RESULT_FILE))
-    masks = tickets.load(provenance["ticket"])[0] if provenance["ticket"] else None
     if splits is None:
         raise ValueError("export_transfer_cell needs the downstream splits (for the head "
                          "size, normalization and a parity batch)")
-    build, meta = transfer.model_fn(provenance["pretrained"], masks, splits, seed=0)
-    model = build()
-    tf.train.Checkpoint(model=model).read(
-        os.path.join(cell, f"best_{which}", "ckpt")).expect_partial()
+    result = files.read_json(os.path.join(cell, train.RESULT_FILE))
+    model, provenance, masks = transfer.load_best(cell, which, splits)
     sample = next(iter(data.eval_batches(splits, "test", 8)))["image"].numpy()
     info = {"architecture": provenance["arch"], "stem": provenance["stem"],
             "base_width": provenance["base_width"], "class_names": provenance["class_names"],

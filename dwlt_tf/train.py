@@ -157,8 +157,12 @@ def _distribute(strategy, dataset):
     return strategy.experimental_distribute_dataset(dataset.with_options(options))
 
 
-class _Run:
-    """State of one `fit` call: model, optimizer, checkpoints, step functions."""
+class TrainingRun:
+    """State of one `fit` call: model, optimizer, checkpoints, step functions.
+
+    `fit` drives it; benchmarks build one to time `train_step` -- the exact step the
+    trainers run (attack, forward, backward, torch-style SGD, re-masking).
+    """
 
     def __init__(self, model_fn, splits, spec, workdir, strategy):
         self.splits, self.spec, self.workdir, self.strategy = splits, spec, workdir, strategy
@@ -305,7 +309,7 @@ def fit(model_fn: Callable[[], tf_keras.Model], splits: data.Splits, spec: Train
         raise ValueError("The training split is empty")
     os.makedirs(workdir, exist_ok=True)
     with precision_policy(spec.precision):
-        run = _Run(model_fn, splits, spec, workdir, strategy)
+        run = TrainingRun(model_fn, splits, spec, workdir, strategy)
         result_path = os.path.join(workdir, RESULT_FILE)
         if os.path.exists(result_path):
             run.restore_latest()

@@ -12,11 +12,24 @@ import os
 from typing import Optional
 
 import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+import tensorflow as tf
 import tf_keras
 
 from dwlt_tf import convert, data, files, models, pruning_wrapper, tickets, train
 
 PROVENANCE_FILE = "transfer.json"
+
+
+def dataset_of(run_dir, data_dir=None):
+    """The DataSpec a transfer run used (from its transfer.json); optionally another
+    TFDS data_dir (the same data, elsewhere)."""
+    provenance = files.read_json(os.path.join(run_dir, PROVENANCE_FILE))
+    fields = dict(provenance["dataset_spec"])
+    if fields.get("classes") is not None:
+        fields["classes"] = tuple(fields["classes"])
+    if data_dir and fields["name"] != "imagefolder":
+        fields["data_dir"] = data_dir
+    return data.DataSpec(**fields)
 
 
 def model_fn(pretrained_dir, masks, splits: data.Splits, seed, prunable=("conv",)):
@@ -69,3 +82,16 @@ def run(pretrained_dir: str, ticket_dir: Optional[str], dataset: data.DataSpec,
     if not os.path.exists(path):
         files.write_json(path, provenance)
     return train.fit(build, splits, spec, workdir, strategy)
+
+
+def load_best(run_dir, which, splits):
+    """The model of a finished transfer run with its best-SA ("sa") or best-RA ("ra") weights."""
+    if which not in ("sa", "ra"):
+        raise ValueError(f"which must be 'sa' or 'ra', got {which!r}")
+    provenance = files.read_json(os.path.join(run_dir, PROVENANCE_FILE))
+    masks = tickets.load(provenance["ticket"])[0] if provenance["ticket"] else None
+    build, _ = model_fn(provenance["pretrained"], masks, splits, seed=0)
+    model = build()
+    status = tf.train.Checkpoint(model=model).read(os.path.join(run_dir, f"best_{which}", "ckpt"))
+    status.assert_existing_objects_matched().expect_partial()
+    return model, provenance, masks

@@ -1,4 +1,5 @@
 """Tests for dwlt_tf.convert: PyTorch checkpoints -> Keras, numerically identical."""
+import json
 import os
 import pickle
 import time
@@ -220,3 +221,25 @@ def test_wrong_stem_is_named(tmp_path):
                   tmp_path / "c.pth")
     with pytest.raises(convert.CheckpointError, match="3x3 conv1 .cifar stem"):
         convert.convert(path, arch="resnet18", stem="imagenet")
+
+
+def test_convert_weights_binary(tmp_path):
+    import subprocess
+    import sys
+    from conftest import REPO
+    model = _prune_globally(_torch_model("resnet18", "cifar", base_width=8), 0.5)
+    path = _write("double_win_ticket", model, tmp_path / "ticket.pth")
+    binary = os.path.join(REPO, "trainers", "convert_weights.py")
+    ok = subprocess.run([sys.executable, binary, f"--checkpoint={path}", "--arch=resnet18",
+                         "--stem=cifar", f"--output={tmp_path / 'out'}"],
+                        capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "double_win_ticket checkpoint" in ok.stdout and "sparsity 50.00%" in ok.stdout
+    meta = json.load(open(tmp_path / "out" / convert.META_FILE))
+    assert meta["source_sha256"] == convert.file_sha256(path) and meta["masked"] is True
+    bad = subprocess.run([sys.executable, binary, f"--checkpoint={path}", "--arch=resnet50",
+                          "--stem=cifar", f"--output={tmp_path / 'bad'}"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "convert_weights: error:" in bad.stderr
+    assert "does not fit resnet50" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "bad").exists()

@@ -201,3 +201,37 @@ def test_second_run_recomputes_nothing(tiny_study):
     assert again == rows
     assert sorted(glob.glob(os.path.join(workdir, "cells", "*"))) == cells
     assert stamps == {p: os.path.getmtime(p) for p in stamps}
+
+
+def _cell(workdir, regime, ticket):
+    for path in glob.glob(os.path.join(workdir, "cells", "transfer_*")):
+        prov = json.load(open(os.path.join(path, "transfer.json")))
+        if prov["mode"] == regime and prov["ticket_round"] == ticket:
+            return path
+    raise KeyError((regime, ticket))
+
+
+def test_evaluate_export_and_imp_binaries_on_study_outputs(tiny_study, tmp_path):
+    workdir, rows, _ = tiny_study
+    cell = _cell(workdir, "pgd", 2)
+    row = next(r for r in rows if r["cell"] == os.path.relpath(cell, workdir))
+    out = subprocess.run([sys.executable, os.path.join(REPO, "trainers", "evaluate.py"),
+                          f"--run={cell}", "--split=test", "--steps=2", "--checkpoint=ra"],
+                         capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"best-RA checkpoint on test: SA {row['ra_ckpt_test_sa']:.2f}%" in out.stdout
+    out = subprocess.run([sys.executable, os.path.join(REPO, "trainers", "export.py"),
+                          f"--checkpoint={cell}", f"--export_dir={tmp_path / 'serving'}",
+                          "--version=4"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert os.path.isfile(tmp_path / "serving" / "4" / "saved_model.pb")
+    assert "sparsity 64.00%" in out.stdout
+    pretrained = glob.glob(os.path.join(workdir, "cells", "pretrain_*", "weights"))[0]
+    out = subprocess.run([sys.executable, os.path.join(REPO, "trainers", "imp.py"),
+                          "--config=configs/imp.py:local", f"--pretrained={pretrained}",
+                          f"--workdir={tmp_path / 'imp'}", "--config.imp.rounds=2",
+                          "--config.train.epochs=1", "--config.train.verbose=0",
+                          "--config.train.attack.steps=1"],
+                         capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "round_02: sparsity 36.00%" in out.stdout

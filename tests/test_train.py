@@ -216,3 +216,30 @@ def test_two_worker_multi_worker_mirrored_strategy(tmp_path):
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     assert (tmp_path / train.RESULT_FILE).exists()
     assert not any(name.startswith(".worker-") for name in os.listdir(tmp_path))
+
+
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_trains_with_float32_masters_and_zero_masks(tmp_path, precision):
+    small = data.load(data.DataSpec("imagefolder", path=BUNDLED_CIFAR, image_size=32,
+                                    augment="cifar", stats="cifar10", classes=(0, 1, 2, 3, 4),
+                                    data_rate=0.1))
+    captured = {}
+
+    def model_fn():
+        model = _model_fn(small, seed=3)()
+        captured["masks"] = pruning_wrapper.get_masks(model)
+        return model
+
+    spec = train.TrainSpec(mode="pgd", epochs=1, batch_size=32, lr=0.05, attack=SMALL_PGD,
+                           eval_attack=SMALL_PGD, precision=precision, verbose=0)
+    result = train.fit(model_fn, small, spec, str(tmp_path))
+    assert np.isfinite(result.final["train_loss"])
+    compute = "bfloat16" if precision == "mixed_bfloat16" else "float16"
+    assert result.model.get_layer("normalize").dtype == "float32"
+    for name, wrapper in pruning_wrapper.wrappers(result.model).items():
+        assert wrapper.kernel.dtype == tf.float32  # float32 master weights
+        assert wrapper.compute_dtype == compute
+        assert not np.any(wrapper.kernel.numpy()[~captured["masks"][name]])
+    logits = result.model(np.zeros((2, 32, 32, 3), np.float32))
+    assert logits.dtype == tf.float32
+    assert tf_keras.mixed_precision.global_policy().name == "float32"  # restored afterwards

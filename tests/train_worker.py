@@ -48,14 +48,14 @@ def main(argv):
 
     if FLAGS.slow_ms:
         import time  # pylint: disable=import-outside-toplevel
-        original = train._Run._train_step  # pylint: disable=protected-access
+        original = train.TrainingRun._train_step  # pylint: disable=protected-access
 
         def slow(self, iterator):
             import tensorflow as tf  # pylint: disable=import-outside-toplevel
             out = original(self, iterator)
             tf.py_function(lambda: time.sleep(FLAGS.slow_ms / 1000), [], [])
             return out
-        train._Run._train_step = slow  # pylint: disable=protected-access
+        train.TrainingRun._train_step = slow  # pylint: disable=protected-access
 
     spec = train.TrainSpec(mode=FLAGS.mode, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
                            lr=0.05, milestones=(1,), attack=attacks.Attack(8 / 255, 2 / 255, 2)

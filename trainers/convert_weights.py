@@ -10,7 +10,7 @@ take that directory as their initial weights.
 """
 from absl import app, flags
 
-from dwlt_tf import convert, models
+from dwlt_tf import cli, convert, models
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "PyTorch checkpoint (.pth/.pt/.ckpt) to convert.")
@@ -26,11 +26,9 @@ def main(argv):
     del argv
     mean = [float(v) for v in FLAGS.mean] if FLAGS.mean else None
     std = [float(v) for v in FLAGS.std] if FLAGS.std else None
-    try:
+    with cli.reported("convert_weights"):
         converted = convert.convert(FLAGS.checkpoint, FLAGS.arch, FLAGS.stem, mean, std)
         out = convert.save_converted(FLAGS.output, converted)
-    except (convert.CheckpointError, FileExistsError, ValueError) as e:
-        raise SystemExit(f"convert_weights: {e}")
     meta = converted.meta
     print(f"{meta['format']} checkpoint -> {out}\n  {meta['arch']} ({meta['stem']} stem), "
           f"{meta['num_classes']} classes, normalization from {meta['normalization']}"

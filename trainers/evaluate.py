@@ -2,11 +2,9 @@ r"""SA and RA (PGD) of a finished transfer run's best checkpoints on any split.
 
   python trainers/evaluate.py --run=runs/transfer --split=test --steps=20
 """
-import os
-
 from absl import app, flags
 
-from dwlt_tf import attacks, cli, data, evaluate, files, tickets, transfer
+from dwlt_tf import attacks, cli, data, evaluate, transfer
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("run", None, "Workdir of a transfer run (trainers/transfer.py or a study cell).")
@@ -16,27 +14,17 @@ flags.DEFINE_float("eps", 8 / 255, "L-inf budget in [0, 1] pixel units.")
 flags.DEFINE_float("step_size", 2 / 255, "PGD step in [0, 1] pixel units.")
 flags.DEFINE_integer("steps", 20, "PGD iterations (0: SA only).")
 flags.DEFINE_integer("batch_size", 256, "Evaluation batch size.")
+flags.DEFINE_string("data_dir", None, "TFDS data directory, if not the run's.")
 flags.mark_flag_as_required("run")
 
 
 def main(argv):
     del argv
     with cli.reported("evaluate"):
-        provenance = files.read_json(os.path.join(FLAGS.run, transfer.PROVENANCE_FILE))
-        spec = files.read_json(os.path.join(FLAGS.run, "result.json"))["spec"]
-        fields = dict(provenance["dataset_spec"])
-        if fields.get("classes") is not None:
-            fields["classes"] = tuple(fields["classes"])
-        dataset = data.DataSpec(**fields)
-        splits = data.load(dataset)
+        splits = data.load(transfer.dataset_of(FLAGS.run, FLAGS.data_dir))
         attack = attacks.Attack(FLAGS.eps, FLAGS.step_size, FLAGS.steps) if FLAGS.steps else None
-        masks = tickets.load(provenance["ticket"])[0] if provenance["ticket"] else None
-        build, _ = transfer.model_fn(provenance["pretrained"], masks, splits, spec["seed"])
-        import tensorflow as tf  # pylint: disable=import-outside-toplevel
         for which in (("sa", "ra") if FLAGS.checkpoint == "both" else (FLAGS.checkpoint,)):
-            model = build()
-            tf.train.Checkpoint(model=model).read(
-                os.path.join(FLAGS.run, f"best_{which}", "ckpt")).expect_partial()
+            model, _, _ = transfer.load_best(FLAGS.run, which, splits)
             acc = evaluate.evaluate(model, splits, FLAGS.split, FLAGS.batch_size, attack)
             print(f"best-{which.upper()} checkpoint on {FLAGS.split}: SA {acc.sa:.2f}%"
                   + (f", RA {acc.ra:.2f}% (PGD-{FLAGS.steps})" if attack else "")

@@ -8,7 +8,7 @@ overwritten) with assets/ticket.json; prints the SavedModel's size and gzip size
 """
 from absl import app, flags
 
-from dwlt_tf import cli, data, export, files, transfer
+from dwlt_tf import cli, data, export, transfer
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Transfer run directory.")
@@ -23,13 +23,7 @@ flags.mark_flags_as_required(["checkpoint", "export_dir"])
 def main(argv):
     del argv
     with cli.reported("export"):
-        provenance = files.read_json(f"{FLAGS.checkpoint}/{transfer.PROVENANCE_FILE}")
-        fields = dict(provenance["dataset_spec"])
-        if fields.get("classes") is not None:
-            fields["classes"] = tuple(fields["classes"])
-        if FLAGS.data_dir and fields["name"] != "imagefolder":
-            fields["data_dir"] = FLAGS.data_dir
-        splits = data.load(data.DataSpec(**fields))
+        splits = data.load(transfer.dataset_of(FLAGS.checkpoint, FLAGS.data_dir))
         path, info = export.export_transfer_cell(FLAGS.checkpoint, FLAGS.export_dir,
                                                  FLAGS.version, FLAGS.weights, FLAGS.tflite,
                                                  splits=splits)
