@@ -243,3 +243,17 @@ def test_convert_weights_binary(tmp_path):
     assert bad.returncode == 2 and "convert_weights: error:" in bad.stderr
     assert "does not fit resnet50" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_missing_torch_is_a_clear_message(tmp_path):
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from dwlt_tf import convert\n"
+            "try:\n"
+            "    convert.read_torch_checkpoint('x.pth')\n"
+            "except ImportError as e:\n"
+            "    print('ERR', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, cwd=str(tmp_path))
+    assert "ERR Reading PyTorch checkpoints needs torch: pip install '.[torch]'" in out.stdout
