@@ -298,14 +298,19 @@ def save_converted(output_dir, converted: Converted):
     return os.path.abspath(output_dir)
 
 
-def load_converted(output_dir) -> Converted:
-    """Reads what `save_converted` wrote (no torch needed)."""
+def load_meta(output_dir) -> dict:
+    """The JSON sidecar of converted weights (format, arch, normalization, sha256, ...)."""
     meta_path = os.path.join(output_dir, META_FILE)
     if not os.path.isfile(meta_path):
         raise FileNotFoundError(
             f"{output_dir!r} holds no converted weights ({META_FILE} missing); create it "
             "with trainers/convert_weights.py --checkpoint=<file.pth> --output=<dir>")
-    meta = files.read_json(meta_path)
+    return files.read_json(meta_path)
+
+
+def load_converted(output_dir) -> Converted:
+    """Reads what `save_converted` wrote (no torch needed)."""
+    meta = load_meta(output_dir)
     model = models.build_resnet(meta["arch"], num_classes=meta["num_classes"],
                                 stem=meta["stem"], mean=meta["mean"], std=meta["std"],
                                 base_width=meta["base_width"])

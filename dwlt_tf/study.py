@@ -155,7 +155,7 @@ class Study:
                     entry["path"], self.plan.model.arch, self.plan.model.stem))
             return out
         init_dir = self.pretrained(entry["init"]) if entry["init"] else None
-        init_sha = files.read_json(os.path.join(init_dir, convert.META_FILE))["source_sha256"] \
+        init_sha = convert.load_meta(init_dir)["source_sha256"] \
             if init_dir else None
         cell, key = self._cell("pretrain", name, self.plan.model, self.plan.source,
                                entry["train"], init_sha)
@@ -191,7 +191,7 @@ class Study:
 
     def find_tickets(self, name, pretrained_dir):
         entry = self.plan.pretrainings[name]
-        meta = files.read_json(os.path.join(pretrained_dir, convert.META_FILE))
+        meta = convert.load_meta(pretrained_dir)
         cell, key = self._cell("imp", meta["source_sha256"], self.plan.source, self.plan.imp,
                                entry["imp"])
         paths = [imp.ticket_dir(cell, k) for k in range(1, self.plan.imp.rounds + 1)]
@@ -208,7 +208,7 @@ class Study:
 
     def transfer_cell(self, name, pretrained_dir, imp_key, ticket, ticket_dir, dataset, regime):
         spec = self._transfer_spec(regime, dataset.name)
-        meta = files.read_json(os.path.join(pretrained_dir, convert.META_FILE))
+        meta = convert.load_meta(pretrained_dir)
         cell, key = self._cell("transfer", meta["source_sha256"],
                                "dense" if ticket == "dense" else [imp_key, ticket],
                                dataset, spec)

@@ -9,6 +9,7 @@ best-RA checkpoints selected on validation.
 """
 import dataclasses
 import os
+import warnings
 from typing import Optional
 
 import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
@@ -30,6 +31,19 @@ def dataset_of(run_dir, data_dir=None):
     if data_dir and fields["name"] != "imagefolder":
         fields["data_dir"] = data_dir
     return data.DataSpec(**fields)
+
+
+class TicketMismatchWarning(UserWarning):
+    """A ticket's masks were found on other weights than the ones being transferred."""
+
+
+def ticket_matches_weights(ticket_meta, weights_meta):
+    """True/False when both record their source weights' sha256, else None (unknown)."""
+    ticket_source = ticket_meta.get("source_sha256")
+    weights_source = weights_meta.get("source_sha256")
+    if not ticket_source or not weights_source:
+        return None
+    return ticket_source == weights_source
 
 
 def model_fn(pretrained_dir, masks, splits: data.Splits, seed, prunable=("conv",)):
@@ -62,6 +76,18 @@ def run(pretrained_dir: str, ticket_dir: Optional[str], dataset: data.DataSpec,
     Resumable like `train.fit`; `<workdir>/transfer.json` records what was transferred.
     """
     masks, ticket_meta = (None, {}) if ticket_dir is None else tickets.load(ticket_dir)
+    meta = convert.load_meta(pretrained_dir)
+    matches = ticket_matches_weights(ticket_meta, meta)
+    if matches is False:
+        # Not an error: a reference ticket's masks are legitimately applied to weights
+        # converted from another file of the same pre-training; but a mix-up (the masks
+        # of one pre-training on another's weights) silently changes the experiment.
+        warnings.warn(
+            f"ticket {ticket_dir!r} was found on weights with sha256 "
+            f"{ticket_meta['source_sha256'][:12]}..., but --pretrained={pretrained_dir!r} "
+            f"holds weights converted from sha256 {meta['source_sha256'][:12]}...; "
+            "transferring these masks onto these weights anyway", TicketMismatchWarning,
+            stacklevel=2)
     splits = splits or data.load(dataset)
     build, meta = model_fn(pretrained_dir, masks, splits, spec.seed)
     os.makedirs(workdir, exist_ok=True)
@@ -72,6 +98,8 @@ def run(pretrained_dir: str, ticket_dir: Optional[str], dataset: data.DataSpec,
         "ticket": os.path.abspath(ticket_dir) if ticket_dir else None,
         "ticket_sparsity": ticket_meta.get("sparsity", 0.0),
         "ticket_round": ticket_meta.get("round", 0),
+        "ticket_source_sha256": ticket_meta.get("source_sha256"),
+        "ticket_matches_pretrained": matches,
         "dataset": dataset.name, "data_rate": dataset.data_rate,
         "dataset_spec": dataclasses.asdict(dataset),
         "classes": list(dataset.classes) if dataset.classes else None,

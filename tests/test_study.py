@@ -4,15 +4,17 @@ import glob
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
+import warnings
 from unittest import mock
 
 import pytest
 
 from conftest import REPO
 from dwlt_tf import config as cfg
-from dwlt_tf import report, study, train
+from dwlt_tf import data, report, study, train, transfer
 
 
 def _load_config(name, variant=None):
@@ -235,3 +237,27 @@ def test_evaluate_export_and_imp_binaries_on_study_outputs(tiny_study, tmp_path)
                          capture_output=True, text=True, timeout=600, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "round_02: sparsity 36.00%" in out.stdout
+
+
+def test_transfer_records_and_warns_when_ticket_and_weights_differ(tiny_study, tmp_path):
+    workdir, _, _ = tiny_study
+    # The study's own transfers pair each ticket with the weights IMP ran on.
+    provenance = json.load(open(os.path.join(_cell(workdir, "pgd", 2), "transfer.json")))
+    assert provenance["ticket_matches_pretrained"] is True
+    assert provenance["ticket_source_sha256"] == provenance["pretrained_sha256"]
+    # The same masks onto weights converted from another file: a warning naming both, and
+    # the record says so (checked before any data is read: this dataset does not exist).
+    pretrained = glob.glob(os.path.join(workdir, "cells", "pretrain_*", "weights"))[0]
+    other = shutil.copytree(pretrained, tmp_path / "other_weights")
+    meta = json.load(open(other / "converted.json"))
+    meta["source_sha256"] = "f" * 64
+    json.dump(meta, open(other / "converted.json", "w"))
+    ticket = glob.glob(os.path.join(workdir, "cells", "imp_*", "tickets", "round_02"))[0]
+    missing = data.DataSpec("imagefolder", path=str(tmp_path / "no_images"), image_size=32)
+    with pytest.warns(transfer.TicketMismatchWarning, match=r"sha256 ffffffffffff\.\.\."):
+        with pytest.raises(data.DatasetNotFoundError):
+            transfer.run(str(other), ticket, missing, train.TrainSpec(), str(tmp_path / "t"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the matching pair is silent
+        with pytest.raises(data.DatasetNotFoundError):
+            transfer.run(pretrained, ticket, missing, train.TrainSpec(), str(tmp_path / "t"))

@@ -29,11 +29,7 @@ def main(argv):
         imp_spec = cfg.imp_spec(config.imp)
         spec = cfg.train_spec(config.train)
         dataset = cfg.data_spec(config.dataset)
-        meta = files.read_json(os.path.join(FLAGS.pretrained, convert.META_FILE)) \
-            if os.path.isdir(FLAGS.pretrained) else None
-        if meta is None:
-            raise FileNotFoundError(f"--pretrained={FLAGS.pretrained!r} is not a directory of "
-                                    "converted weights (use trainers/convert_weights.py)")
+        meta = convert.load_meta(FLAGS.pretrained)
         strategy = cli.setup(config)
         paths = imp.run(lambda: convert.load_converted(FLAGS.pretrained).model,
                         data.load(dataset), spec, imp_spec, FLAGS.workdir, strategy,
