@@ -265,6 +265,14 @@ def _load_tfds(spec):
         train = pool.filter(lambda ex: ex["index"] < num_train)
         val = pool.filter(lambda ex: (ex["index"] >= lo) & (ex["index"] < hi))
         num_val = hi - lo
+        total = _split_size(builder, layout.train_split)
+        if total is None:  # no split metadata (mocked TFDS): count what the filters keep
+            num_train, num_val = _count(train), _count(val)
+        elif total < hi:
+            raise ValueError(
+                f"TFDS {layout.tfds_name!r} split {layout.train_split!r} in "
+                f"{spec.data_dir!r} has {total} examples; the reference splits need "
+                f"{hi} (validation = examples {lo}-{hi - 1})")
         test = with_index(test, None)
         num_test = _num_examples(builder, layout.test_split, test)
     else:
@@ -281,11 +289,21 @@ def _load_tfds(spec):
                   list(names), spec)
 
 
-def _num_examples(builder, split, ds):
+def _split_size(builder, split):
+    """The split's size from TFDS's metadata; None when there is none (mocked TFDS)."""
     try:
         return builder.info.splits[split].num_examples
-    except KeyError:  # mocked TFDS (tests) has no split metadata: count
-        return int(ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1).numpy())
+    except KeyError:
+        return None
+
+
+def _count(ds):
+    return int(ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1).numpy())
+
+
+def _num_examples(builder, split, ds):
+    size = _split_size(builder, split)
+    return _count(ds) if size is None else size
 
 
 # -------------------------------------------------------------------- ImageFolder

@@ -1,0 +1,107 @@
+"""The paper-scale presets start correctly: ResNet-50, robust ImageNet weights, TFDS data.
+
+Full-scale runs are for GPUs; here the paper's configs run a few steps with only the
+sizes shrunk (batch, image side, epochs, dataset size): a robustness-library ResNet-50
+checkpoint is converted, adversarial IMP (configs/imp.py:imagenet_adv, PGD-3) finds a
+ticket on mocked TFDS `imagenet2012`, and adversarial transfer
+(configs/transfer.py:adv_cifar10, PGD-10 training, PGD-20 evaluation) trains the ticket
+on mocked TFDS `cifar10` with the reference splits.
+"""
+import importlib.util
+import os
+from unittest import mock
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from conftest import REPO
+from dwlt_tf import config as cfg
+from dwlt_tf import convert, data, imp, pruning, pruning_wrapper, tickets, transfer
+from test_convert import _torch_model, _write
+
+
+def _config(name, variant):
+    spec = importlib.util.spec_from_file_location(f"cfg_{name}",
+                                                  os.path.join(REPO, "configs", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(variant)
+
+
+def _shrink(config, data_dir, image_size):
+    """Only sizes shrink: batch, image side, epochs; every other preset value stays."""
+    config.dataset.data_dir = data_dir
+    config.dataset.image_size = image_size
+    config.train.update(dict(epochs=1, batch_size=4, eval_batch_size=4, eval_start_epoch=0,
+                             verbose=0))
+    return config
+
+
+def _cifar10_as_dataset(builder, split, **kwargs):
+    """Eight CIFAR-10 examples whose TFDS ids put four in the reference's training pool
+    (original index < 45000) and four in its validation range (45000-49999)."""
+    if split == "train":
+        ids = [f"train_{i:05d}" for i in (3, 0, 45001, 2, 45000, 1, 45003, 45002)]
+    else:
+        ids = [f"test_{i:05d}" for i in range(4)]
+    rng = np.random.default_rng(len(ids))
+    images = rng.integers(0, 256, (len(ids), 32, 32, 3), dtype=np.uint8)
+    return tf.data.Dataset.from_tensor_slices(
+        {"id": ids, "image": images, "label": np.arange(len(ids)) % 10})
+
+
+@pytest.fixture(scope="module")
+def robust_resnet50(tmp_path_factory):
+    """A robustness-library (Salman et al.) ResNet-50 checkpoint, converted."""
+    tmp = tmp_path_factory.mktemp("robust")
+    path = _write("robustness", _torch_model("resnet50", "imagenet", num_classes=1000),
+                  tmp / "robust_resnet50.pt")
+    out = str(tmp / "converted")
+    convert.save_converted(out, convert.convert(path, "resnet50", "imagenet"))
+    return out
+
+
+def test_adversarial_imp_preset_starts_on_imagenet(robust_resnet50, tmp_path):
+    config = _shrink(_config("imp", "imagenet_adv"), str(tmp_path / "tfds"), 64)
+    config.imp.rounds = 2  # round 1 prunes theta0; round 2 trains first
+    spec, imp_spec = cfg.train_spec(config.train), cfg.imp_spec(config.imp)
+    assert (spec.mode, spec.attack.steps, spec.lr, spec.weight_decay) == ("pgd", 3, 5e-4, 1e-4)
+    with tfds.testing.mock_data(num_examples=8), mock.patch.object(
+            tfds.core.DatasetBuilder, "is_prepared", return_value=True):
+        splits = data.load(cfg.data_spec(config.dataset))
+        paths = imp.run(lambda: convert.load_converted(robust_resnet50).model, splits, spec,
+                        imp_spec, str(tmp_path / "imp"))
+    assert splits.num_classes == 1000 and splits.num_train == 8
+    masks, meta = tickets.load(paths[1])
+    assert len(masks) == 53  # every conv of ResNet-50, conv1 and downsamples included
+    total = sum(m.size for m in masks.values())
+    pruned_round1 = round(0.2 * total)
+    expected_zeros = pruned_round1 + round(0.2 * (total - pruned_round1))
+    assert sum(int((~m).sum()) for m in masks.values()) == expected_zeros
+    assert meta["round"] == 2 and meta["trained_rounds"] == 1
+
+
+def test_adversarial_transfer_preset_starts_on_cifar10(robust_resnet50, tmp_path):
+    kernels = pruning_wrapper.get_kernels(pruning_wrapper.wrap(
+        convert.load_converted(robust_resnet50).model))
+    ticket = tickets.save(str(tmp_path / "ticket"),
+                          pruning.one_shot_magnitude_masks(kernels, 0.8),
+                          {"source_sha256": convert.load_meta(robust_resnet50)["source_sha256"]})
+    config = _shrink(_config("transfer", "adv_cifar10"), str(tmp_path / "tfds"), 32)
+    spec = cfg.train_spec(config.train)
+    assert (spec.attack.steps, spec.eval_attack.steps, spec.lr) == (10, 20, 0.1)
+    with tfds.testing.mock_data(as_dataset_fn=_cifar10_as_dataset), mock.patch.object(
+            tfds.core.DatasetBuilder, "is_prepared", return_value=True):
+        dataset = cfg.data_spec(config.dataset)
+        result = transfer.run(robust_resnet50, ticket, dataset, spec, str(tmp_path / "run"))
+        splits = data.load(dataset)
+    assert (splits.num_train, splits.num_val, splits.num_test) == (4, 4, 4)
+    model, provenance, _ = transfer.load_best(str(tmp_path / "run"), "ra", splits)
+    assert provenance["ticket_matches_pretrained"] is True
+    assert model.output_shape == (None, 10)
+    assert pruning_wrapper.model_sparsity(model) == pytest.approx(0.8, abs=1e-6)
+    for which in ("sa", "ra"):  # both checkpoints chosen on validation, tested
+        assert 0.0 <= result.best[which]["test_sa"] <= 100.0
+        assert 0.0 <= result.best[which]["test_ra"] <= 100.0
