@@ -162,3 +162,11 @@ def test_imagenet_preprocessing_sizes():
     # Resize(256) then CenterCrop(224) of a 300x400 image keeps its central region.
     small = data._preprocess_eval(tf.zeros((32, 32, 3), tf.uint8), spec)
     assert small.shape == (224, 224, 3)
+
+
+def test_split_smaller_than_the_reference_splits_is_named(mock_tfds, tmp_path):
+    with mock.patch.object(data, "_split_size", return_value=30000):
+        with pytest.raises(ValueError, match=r"'cifar10' split 'train' .* has 30000 examples; "
+                                             r"the reference splits need 50000"):
+            data.load(data.DataSpec("cifar10", data_dir=str(tmp_path), image_size=32,
+                                    augment="cifar"))
