@@ -63,8 +63,13 @@ def robust_resnet50(tmp_path_factory):
     return out
 
 
-def test_adversarial_imp_preset_starts_on_imagenet(robust_resnet50, tmp_path):
-    config = _shrink(_config("imp", "imagenet_adv"), str(tmp_path / "tfds"), 64)
+# The paper's own sizes (224 px) take minutes on 2 CPU cores: marked slow.
+SIZES = [64, pytest.param(224, marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("image_size", SIZES)
+def test_adversarial_imp_preset_starts_on_imagenet(robust_resnet50, tmp_path, image_size):
+    config = _shrink(_config("imp", "imagenet_adv"), str(tmp_path / "tfds"), image_size)
     config.imp.rounds = 2  # round 1 prunes theta0; round 2 trains first
     spec, imp_spec = cfg.train_spec(config.train), cfg.imp_spec(config.imp)
     assert (spec.mode, spec.attack.steps, spec.lr, spec.weight_decay) == ("pgd", 3, 5e-4, 1e-4)
@@ -83,13 +88,14 @@ def test_adversarial_imp_preset_starts_on_imagenet(robust_resnet50, tmp_path):
     assert meta["round"] == 2 and meta["trained_rounds"] == 1
 
 
-def test_adversarial_transfer_preset_starts_on_cifar10(robust_resnet50, tmp_path):
+@pytest.mark.parametrize("image_size", [32] + SIZES[1:])
+def test_adversarial_transfer_preset_starts_on_cifar10(robust_resnet50, tmp_path, image_size):
     kernels = pruning_wrapper.get_kernels(pruning_wrapper.wrap(
         convert.load_converted(robust_resnet50).model))
     ticket = tickets.save(str(tmp_path / "ticket"),
                           pruning.one_shot_magnitude_masks(kernels, 0.8),
                           {"source_sha256": convert.load_meta(robust_resnet50)["source_sha256"]})
-    config = _shrink(_config("transfer", "adv_cifar10"), str(tmp_path / "tfds"), 32)
+    config = _shrink(_config("transfer", "adv_cifar10"), str(tmp_path / "tfds"), image_size)
     spec = cfg.train_spec(config.train)
     assert (spec.attack.steps, spec.eval_attack.steps, spec.lr) == (10, 20, 0.1)
     with tfds.testing.mock_data(as_dataset_fn=_cifar10_as_dataset), mock.patch.object(
