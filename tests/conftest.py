@@ -4,6 +4,7 @@ Two logical CPU devices are configured before TensorFlow initializes, so distrib
 tests can run `MirroredStrategy` over ("/cpu:0", "/cpu:1") on a CPU-only machine; the
 default strategy keeps using /cpu:0.
 """
+import importlib.util
 import os
 import sys
 
@@ -20,6 +21,15 @@ tf.config.set_logical_device_configuration(
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUNDLED_CIFAR = os.path.join(REPO, "data", "cifar10_jpeg_small")
+
+
+def load_config(name, variant=None):
+    """configs/<name>.py's get_config(variant) (its default variant when None)."""
+    spec = importlib.util.spec_from_file_location(f"cfg_{name}",
+                                                  os.path.join(REPO, "configs", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(variant) if variant else module.get_config()
 
 
 _MIRRORED = []

@@ -7,8 +7,6 @@ ticket on mocked TFDS `imagenet2012`, and adversarial transfer
 (configs/transfer.py:adv_cifar10, PGD-10 training, PGD-20 evaluation) trains the ticket
 on mocked TFDS `cifar10` with the reference splits.
 """
-import importlib.util
-import os
 from unittest import mock
 
 import numpy as np
@@ -16,18 +14,10 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from conftest import REPO
+from conftest import load_config
 from dwlt_tf import config as cfg
 from dwlt_tf import convert, data, imp, pruning, pruning_wrapper, tickets, transfer
 from test_convert import _torch_model, _write
-
-
-def _config(name, variant):
-    spec = importlib.util.spec_from_file_location(f"cfg_{name}",
-                                                  os.path.join(REPO, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant)
 
 
 def _shrink(config, data_dir, image_size):
@@ -69,7 +59,7 @@ SIZES = [64, pytest.param(224, marks=pytest.mark.slow)]
 
 @pytest.mark.parametrize("image_size", SIZES)
 def test_adversarial_imp_preset_starts_on_imagenet(robust_resnet50, tmp_path, image_size):
-    config = _shrink(_config("imp", "imagenet_adv"), str(tmp_path / "tfds"), image_size)
+    config = _shrink(load_config("imp", "imagenet_adv"), str(tmp_path / "tfds"), image_size)
     config.imp.rounds = 2  # round 1 prunes theta0; round 2 trains first
     spec, imp_spec = cfg.train_spec(config.train), cfg.imp_spec(config.imp)
     assert (spec.mode, spec.attack.steps, spec.lr, spec.weight_decay) == ("pgd", 3, 5e-4, 1e-4)
@@ -95,7 +85,7 @@ def test_adversarial_transfer_preset_starts_on_cifar10(robust_resnet50, tmp_path
     ticket = tickets.save(str(tmp_path / "ticket"),
                           pruning.one_shot_magnitude_masks(kernels, 0.8),
                           {"source_sha256": convert.load_meta(robust_resnet50)["source_sha256"]})
-    config = _shrink(_config("transfer", "adv_cifar10"), str(tmp_path / "tfds"), image_size)
+    config = _shrink(load_config("transfer", "adv_cifar10"), str(tmp_path / "tfds"), image_size)
     spec = cfg.train_spec(config.train)
     assert (spec.attack.steps, spec.eval_attack.steps, spec.lr) == (10, 20, 0.1)
     with tfds.testing.mock_data(as_dataset_fn=_cifar10_as_dataset), mock.patch.object(

@@ -1,7 +1,6 @@
 """Tests for the study: configs, validation, double-win logic, a tiny study end to end."""
 import csv
 import glob
-import importlib.util
 import json
 import os
 import shutil
@@ -12,24 +11,16 @@ from unittest import mock
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, load_config
 from dwlt_tf import config as cfg
 from dwlt_tf import data, report, study, train, transfer
-
-
-def _load_config(name, variant=None):
-    spec = importlib.util.spec_from_file_location(f"cfg_{name}",
-                                                  os.path.join(REPO, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant) if variant else module.get_config()
 
 
 # ----------------------------------------------------------------- paper presets
 
 def test_imp_presets_are_the_references():
     for variant, mode in (("imagenet_std", "standard"), ("imagenet_adv", "pgd")):
-        config = _load_config("imp", variant)
+        config = load_config("imp", variant)
         spec = cfg.train_spec(config.train)
         assert (spec.mode, spec.epochs, spec.lr, spec.weight_decay, spec.batch_size,
                 spec.momentum, spec.schedule, spec.warmup_epochs) == (
@@ -43,21 +34,21 @@ def test_imp_presets_are_the_references():
 
 def test_transfer_presets_are_the_references():
     pgd20 = (8 / 255, 2 / 255, 20)
-    std = cfg.train_spec(_load_config("transfer", "std_cifar10").train)
+    std = cfg.train_spec(load_config("transfer", "std_cifar10").train)
     assert (std.mode, std.lr, std.batch_size, std.epochs, std.milestones, std.gamma,
             std.weight_decay, std.momentum, std.warmup_epochs) == (
         "standard", 0.001, 64, 150, (50, 100), 0.1, 5e-4, 0.9, 0)
     for dataset in ("cifar10", "cifar100"):
-        adv = cfg.train_spec(_load_config("transfer", f"adv_{dataset}").train)
+        adv = cfg.train_spec(load_config("transfer", f"adv_{dataset}").train)
         assert (adv.mode, adv.lr, adv.batch_size, adv.epochs, adv.milestones, adv.weight_decay,
                 adv.warmup_epochs, adv.schedule) == (
             "pgd", 0.1, 128, 100, (50, 75), 5e-4, 0, "multistep")
         assert (adv.attack.eps, adv.attack.step_size, adv.attack.steps) == (8 / 255, 2 / 255, 10)
         assert (adv.eval_attack.eps, adv.eval_attack.step_size, adv.eval_attack.steps) == pgd20
-    svhn = cfg.train_spec(_load_config("transfer", "adv_svhn").train)
+    svhn = cfg.train_spec(load_config("transfer", "adv_svhn").train)
     assert (svhn.lr, svhn.epochs, svhn.schedule) == (0.01, 80, "cosine")
     for variant in ("std_cifar10", "adv_svhn"):
-        spec = cfg.data_spec(_load_config("transfer", variant).dataset)
+        spec = cfg.data_spec(load_config("transfer", variant).dataset)
         assert (spec.image_size, spec.augment, spec.data_rate) == (224, "imagenet", 1.0)
 
 
@@ -68,10 +59,10 @@ def test_every_config_variant_validates(tmp_path):
                            ("transfer", ("std_cifar10", "std_cifar100", "std_svhn",
                                          "adv_cifar10", "adv_cifar100", "adv_svhn", "local"))):
         for variant in variants:
-            config = _load_config(name, variant)
+            config = load_config(name, variant)
             cfg.train_spec(config.train)
             cfg.data_spec(config.dataset)
-    paper = _load_config("study", "paper")
+    paper = load_config("study", "paper")
     for name in paper.pretrainings:
         paper.pretrainings[name].path = str(weights)
     plan = study.plan(paper)
@@ -81,7 +72,7 @@ def test_every_config_variant_validates(tmp_path):
     assert plan.pretrainings["adversarial"]["imp"].mode == "pgd"
     assert plan.pretrainings["standard"]["imp"].mode == "standard"
     for variant in ("quickstart", "tiny"):
-        study.plan(_load_config("study", variant))
+        study.plan(load_config("study", variant))
 
 
 @pytest.mark.parametrize("edit,match", [
@@ -95,7 +86,7 @@ def test_every_config_variant_validates(tmp_path):
     (lambda c: c.update({"tickets": (1, 5)}), r"rounds \[5\] outside 1..imp.rounds=2"),
 ])
 def test_bad_configs_are_rejected_naming_key_and_value(edit, match):
-    config = _load_config("study", "tiny")
+    config = load_config("study", "tiny")
     with config.unlocked():
         edit(config)
     with pytest.raises(cfg.ConfigError, match=match):
@@ -103,7 +94,7 @@ def test_bad_configs_are_rejected_naming_key_and_value(edit, match):
 
 
 def test_missing_pretrained_weights_are_named(tmp_path):
-    config = _load_config("study", "tiny")
+    config = load_config("study", "tiny")
     config.pretrainings.adversarial.path = str(tmp_path / "nope")
     with pytest.raises(cfg.ConfigError, match="either `path`.*not both"):
         study.plan(config)
@@ -165,7 +156,7 @@ def test_double_win_logic_on_constructed_results():
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("study"))
-    rows, summary = study.run(_load_config("study", "tiny"), workdir, log=lambda *_: None)
+    rows, summary = study.run(load_config("study", "tiny"), workdir, log=lambda *_: None)
     return workdir, rows, summary
 
 
@@ -199,7 +190,7 @@ def test_second_run_recomputes_nothing(tiny_study):
     stamps = {p: os.path.getmtime(p) for p in glob.glob(
         os.path.join(workdir, "cells", "*", "**", "*"), recursive=True)}
     with mock.patch.object(train, "_train", side_effect=AssertionError("retrained")):
-        again, _ = study.run(_load_config("study", "tiny"), workdir, log=lambda *_: None)
+        again, _ = study.run(load_config("study", "tiny"), workdir, log=lambda *_: None)
     assert again == rows
     assert sorted(glob.glob(os.path.join(workdir, "cells", "*"))) == cells
     assert stamps == {p: os.path.getmtime(p) for p in stamps}

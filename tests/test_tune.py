@@ -10,7 +10,7 @@ import time
 import pytest
 import tf_keras
 
-from conftest import REPO
+from conftest import REPO, load_config
 from dwlt_tf import config as cfg
 from dwlt_tf import convert, models, tune
 
@@ -18,11 +18,7 @@ CONFIG = os.path.join(REPO, "configs", "tune.py")
 
 
 def _config(**space_overrides):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("cfg_tune", CONFIG)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("local")
+    config = load_config("tune", "local")
     config.dataset.path = os.path.join(REPO, "data", "cifar10_jpeg_small")
     config.dataset.data_rate = 0.3
     config.train.update(dict(eval_attack={}, select_ra=False, batch_size=32))
