@@ -27,6 +27,25 @@ def define_common_flags():
                                           "(overrides the config's data_dir).")
 
 
+def define_weights_flags(ticket_help=None):
+    """--pretrained (required: converted weights) and, given its help text, --ticket."""
+    flags.DEFINE_string("pretrained", None, "Converted pre-trained weights (convert_weights.py).")
+    flags.mark_flag_as_required("pretrained")
+    if ticket_help:
+        flags.DEFINE_string("ticket", None, ticket_help)
+
+
+def training_config(config, data_dir, sections):
+    """A trainer's config with `--data_dir` applied and only `sections` allowed.
+
+    Returns (config, its dataset as a DataSpec, its train section as a TrainSpec), all
+    validated before any work starts.
+    """
+    config = apply_data_dir(config, data_dir)
+    cfg.check_keys(config, sections, "config")
+    return config, cfg.data_spec(config.dataset), cfg.train_spec(config.train)
+
+
 def apply_data_dir(config, data_dir):
     """Sets `data_dir` on every dataset-like section (those with a `name` and `data_dir`)."""
     if not data_dir:

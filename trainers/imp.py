@@ -12,23 +12,21 @@ from ml_collections import config_flags
 
 from dwlt_tf import cli
 from dwlt_tf import config as cfg
-from dwlt_tf import convert, data, files, imp
+from dwlt_tf import convert, data, files, imp, tickets
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "configs/imp.py[:variant]")
 cli.define_common_flags()
-flags.DEFINE_string("pretrained", None, "Converted pre-trained weights (convert_weights.py).")
-flags.mark_flags_as_required(["config", "workdir", "pretrained"])
+cli.define_weights_flags()
+flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
     del argv
     with cli.reported("imp"):
-        config = cli.apply_data_dir(FLAGS.config, FLAGS.data_dir)
-        cfg.check_keys(config, ("imp", "train", "dataset", "runtime"), "config")
+        config, dataset, spec = cli.training_config(FLAGS.config, FLAGS.data_dir,
+                                                    ("imp", "train", "dataset", "runtime"))
         imp_spec = cfg.imp_spec(config.imp)
-        spec = cfg.train_spec(config.train)
-        dataset = cfg.data_spec(config.dataset)
         meta = convert.load_meta(FLAGS.pretrained)
         strategy = cli.setup(config)
         paths = imp.run(lambda: convert.load_converted(FLAGS.pretrained).model,
@@ -36,7 +34,8 @@ def main(argv):
                         meta={"source_sha256": meta["source_sha256"], "arch": meta["arch"],
                               "config": cfg.to_dict(config)})
     for path in paths:
-        print(f"{path}: sparsity {100 * files.read_json(os.path.join(path, 'ticket.json'))['sparsity']:.2f}%")
+        sparsity = files.read_json(os.path.join(path, tickets.META_FILE))["sparsity"]
+        print(f"{path}: sparsity {100 * sparsity:.2f}%")
 
 
 if __name__ == "__main__":

@@ -11,24 +11,20 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from dwlt_tf import cli
-from dwlt_tf import config as cfg
 from dwlt_tf import transfer
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "configs/transfer.py[:variant]")
 cli.define_common_flags()
-flags.DEFINE_string("pretrained", None, "Converted pre-trained weights (convert_weights.py).")
-flags.DEFINE_string("ticket", None, "Ticket directory (masks.npz + ticket.json); omit for dense.")
-flags.mark_flags_as_required(["config", "workdir", "pretrained"])
+cli.define_weights_flags("Ticket directory (masks.npz + ticket.json); omit for dense.")
+flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
     del argv
     with cli.reported("transfer"):
-        config = cli.apply_data_dir(FLAGS.config, FLAGS.data_dir)
-        cfg.check_keys(config, ("dataset", "train", "runtime"), "config")
-        dataset = cfg.data_spec(config.dataset)
-        spec = cfg.train_spec(config.train)
+        config, dataset, spec = cli.training_config(FLAGS.config, FLAGS.data_dir,
+                                                    ("dataset", "train", "runtime"))
         strategy = cli.setup(config)
         result = transfer.run(FLAGS.pretrained, FLAGS.ticket, dataset, spec, FLAGS.workdir,
                               strategy)

@@ -10,24 +10,20 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from dwlt_tf import cli
-from dwlt_tf import config as cfg
 from dwlt_tf import tune
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "configs/tune.py[:variant]")
 cli.define_common_flags()
-flags.DEFINE_string("pretrained", None, "Converted pre-trained weights (convert_weights.py).")
-flags.DEFINE_string("ticket", None, "Ticket directory; omit to tune the dense model's transfer.")
-flags.mark_flags_as_required(["config", "workdir", "pretrained"])
+cli.define_weights_flags("Ticket directory; omit to tune the dense model's transfer.")
+flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
     del argv
     with cli.reported("tune"):
-        config = cli.apply_data_dir(FLAGS.config, FLAGS.data_dir)
-        cfg.check_keys(config, ("dataset", "train", "runtime", "tune"), "config")
-        dataset = cfg.data_spec(config.dataset)
-        spec = cfg.train_spec(config.train)
+        config, dataset, spec = cli.training_config(FLAGS.config, FLAGS.data_dir,
+                                                    ("dataset", "train", "runtime", "tune"))
         tune.validate_space(config.tune.space, config.tune.objective, config.tune.weights,
                             spec, config.tune.oracle)
         strategy = cli.setup(config)
