@@ -103,10 +103,8 @@ def _is_conv_kernel(variable):
 
 def conv_kernel_sparsity(variables):
     """Sparsity over every rank-4 kernel among `variables` (what a ticket prunes)."""
-    kernels = [v.numpy() for v in variables if _is_conv_kernel(v)]
-    total = sum(k.size for k in kernels)
-    zeros = sum(int(np.count_nonzero(k == 0)) for k in kernels)
-    return zeros / total if total else 0.0
+    return tickets.sparsity({i: v.numpy() != 0 for i, v in enumerate(variables)
+                             if _is_conv_kernel(v)})
 
 
 def _dir_size(path):
