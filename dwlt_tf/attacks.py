@@ -98,7 +98,9 @@ def _pgd(model_fn, images, labels, eps, step_size, steps, random_start, noise):
 
 # Eager callers get one compiled attack per (model, settings): CleverHans's
 # `compute_gradient` is a tf.function keyed by the model function, so calling it with a
-# fresh closure each time would retrace the model on every call.
+# fresh closure each time would retrace the model on every call. The compiled functions
+# reach their model through a weak reference only: a value holding the model itself
+# would keep its WeakKeyDictionary key -- and every model ever attacked -- alive.
 _COMPILED = weakref.WeakKeyDictionary()
 
 
@@ -107,8 +109,10 @@ def _compiled(model, training, eps, step_size, steps, random_start, with_noise):
     key = (bool(training), float(eps), float(step_size), int(steps), bool(random_start),
            with_noise)
     if key not in per_model:
+        model_ref = weakref.ref(model)
+
         def model_fn(x):
-            return model(x, training=training)
+            return model_ref()(x, training=training)
         spec = tf.TensorSpec([None, None, None, 3], tf.float32)
         label_spec = tf.TensorSpec([None], tf.int64)
         if with_noise:

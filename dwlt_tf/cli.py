@@ -1,11 +1,17 @@
 """What every trainer binary does around its one library call.
 
 Flags common to all binaries, the process runtime from the config's `runtime` section,
-`--data_dir` applied to every dataset section, and bad input reported as one clear line
-(exit status 2) instead of a traceback.
+`--data_dir` applied to every dataset section, and bad input -- the project's
+`errors.UserError`s, and flags or config overrides that do not parse -- reported as one
+clear line with exit status 2. Anything else is a bug and keeps its traceback (exit 1).
+
+  if __name__ == "__main__":
+      app.run(main, flags_parser=cli.parse_flags)
 """
+import ast
 import contextlib
 import logging
+import os
 import sys
 
 from absl import flags
@@ -14,17 +20,55 @@ from absl import logging as absl_logging
 import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 
 from dwlt_tf import config as cfg
-from dwlt_tf import convert, data, runtime, train
+from dwlt_tf import errors, runtime
 
 # Errors that mean "bad input": reported without a traceback.
-USER_ERRORS = (cfg.ConfigError, data.DatasetNotFoundError, convert.CheckpointError,
-               FileExistsError, FileNotFoundError, train.NonFiniteLossError, ValueError)
+USER_ERRORS = (errors.UserError,)
 
 
-def define_common_flags():
+def _program():
+    return os.path.splitext(os.path.basename(sys.argv[0]))[0]
+
+
+def fail(message, program=None):
+    """Prints `<program>: error: <message>` and exits with status 2."""
+    print(f"{program or _program()}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_flags(argv):
+    """absl's flag parsing, with bad flags and config overrides as one-line errors.
+
+    ml_collections applies `--config.a.b=v` while parsing and raises AttributeError/
+    KeyError for an unknown key and TypeError/ValueError for a value of the wrong type;
+    absl raises flags.Error for unknown or missing flags. All are the user's input.
+    """
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        fail(f"{e} (--helpfull lists the flags)")
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        text = str(e)
+        try:  # ml_collections wraps its KeyError's text in quotes, escaped
+            text = ast.literal_eval(text) if text[:1] in "'\"" else text
+        except (SyntaxError, ValueError):
+            pass
+        text = " ".join(str(text).split())
+        if isinstance(e, (AttributeError, KeyError)):
+            text = f"unknown key {text}"
+        override = next((a for a in argv[1:] if a.startswith("--config.")), None)
+        fail(f"bad config override{' ' + override if override else ''}: {text}")
+
+
+def define_common_flags(overwrite=True):
+    """--workdir and --data_dir, and (unless overwrite=False) --overwrite."""
     flags.DEFINE_string("workdir", None, "Output directory (resumes what is already there).")
     flags.DEFINE_string("data_dir", None, "TFDS data directory for every dataset section "
                                           "(overrides the config's data_dir).")
+    if overwrite:
+        flags.DEFINE_bool("overwrite", False,
+                          "If --workdir belongs to a run with other settings, move that run "
+                          "to <workdir>.replaced-<time> and start afresh (never deletes).")
 
 
 def define_weights_flags(ticket_help=None):
@@ -33,6 +77,20 @@ def define_weights_flags(ticket_help=None):
     flags.mark_flag_as_required("pretrained")
     if ticket_help:
         flags.DEFINE_string("ticket", None, ticket_help)
+
+
+def float_triple(name, values):
+    """A flag list of 3 floats (e.g. --mean=0.485,0.456,0.406), None when not given."""
+    if not values:
+        return None
+    try:
+        triple = [float(v) for v in values]
+    except ValueError:
+        triple = []
+    if len(triple) != 3:
+        raise errors.ConfigError(f"--{name}={','.join(values)}: give 3 comma-separated numbers "
+                                 "(one per RGB channel)")
+    return triple
 
 
 def training_config(config, data_dir, sections):
@@ -85,9 +143,8 @@ def setup(config):
 
 @contextlib.contextmanager
 def reported(program):
-    """Turns bad-input exceptions into `<program>: <message>` and exit status 2."""
+    """Turns the project's bad-input errors into `<program>: error: <message>`, exit 2."""
     try:
         yield
     except USER_ERRORS as e:
-        print(f"{program}: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        fail(e, program)

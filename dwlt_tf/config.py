@@ -6,17 +6,12 @@ keys and bad values before any work starts, with messages that name the offendin
 and value (e.g. "dataset.data_rate=1.5: must be in (0, 1]").
 """
 import dataclasses
-import hashlib
-import json
 from typing import Optional
 
 import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 
 from dwlt_tf import attacks, data, imp, models, train
-
-
-class ConfigError(ValueError):
-    """A config key or value that cannot be used; the message names it."""
+from dwlt_tf.errors import ConfigError  # noqa: F401  (re-exported: config.ConfigError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,10 +131,3 @@ def check_keys(section, allowed, where):
     unknown = sorted(set(to_dict(section)) - set(allowed))
     if unknown:
         raise ConfigError(f"{where}.{unknown[0]}: unknown key (known: {sorted(allowed)})")
-
-
-def fingerprint(*parts):
-    """A short, stable hash of JSON-able parts: names the folder of a unit of work."""
-    text = json.dumps([to_dict(p) if not dataclasses.is_dataclass(p) else
-                       dataclasses.asdict(p) for p in parts], sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -28,14 +28,14 @@ import numpy as np
 import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import tf_keras
 
-from dwlt_tf import data, files, models, tickets
+from dwlt_tf import data, errors, files, models, tickets
 
 WEIGHTS_FILE = "weights.h5"
 META_FILE = "converted.json"
 
 
-class CheckpointError(ValueError):
-    """A file that cannot be converted; the message says why."""
+class CheckpointError(errors.UserError, ValueError):
+    """A file that cannot be converted or read as weights; the message says why."""
 
 
 @dataclasses.dataclass
@@ -234,7 +234,7 @@ def convert(path, arch="resnet50", stem="imagenet", mean=None, std=None) -> Conv
     """Reads `path` and builds the Keras model holding its weights (and its masks)."""
     ckpt = read_torch_checkpoint(path)
     if arch not in models.ARCHS:
-        raise ValueError(f"Unknown arch {arch!r}; choose one of {sorted(models.ARCHS)}")
+        raise errors.ConfigError(f"Unknown arch {arch!r}; choose one of {sorted(models.ARCHS)}")
     conv1 = ckpt.state.get("conv1.weight")
     fc = ckpt.state.get("fc.weight")
     if conv1 is None or fc is None or conv1.ndim != 4 or fc.ndim != 2:
@@ -246,7 +246,8 @@ def convert(path, arch="resnet50", stem="imagenet", mean=None, std=None) -> Conv
                               f"conv1 ({checkpoint_stem or 'unknown'} stem), not the "
                               f"{stem!r} stem requested")
     if (mean is None) != (std is None):
-        raise ValueError("Give both mean and std, or neither")
+        raise errors.ConfigError(f"Give both mean and std, or neither (got mean={mean}, "
+                                 f"std={std})")
     if mean is not None:
         normalizer, source = (tuple(mean), tuple(std)), "argument"
     elif ckpt.normalizer is not None:
@@ -286,7 +287,8 @@ def keras_resnet_from_torch(path, arch="resnet50", stem="imagenet", mean=None,
 def save_converted(output_dir, converted: Converted):
     """Writes weights.h5 + converted.json (+ the ticket's masks) atomically into a new dir."""
     if os.path.exists(output_dir):
-        raise FileExistsError(f"Output {output_dir!r} already exists; choose a new path")
+        raise errors.OutputExistsError(f"Output {output_dir!r} already exists; choose a new "
+                                       "path")
     with files.atomic_directory(output_dir) as tmp:
         converted.model.save_weights(os.path.join(tmp, WEIGHTS_FILE))
         files.write_json(os.path.join(tmp, META_FILE), converted.meta)
@@ -302,10 +304,27 @@ def load_meta(output_dir) -> dict:
     """The JSON sidecar of converted weights (format, arch, normalization, sha256, ...)."""
     meta_path = os.path.join(output_dir, META_FILE)
     if not os.path.isfile(meta_path):
-        raise FileNotFoundError(
+        raise CheckpointError(
             f"{output_dir!r} holds no converted weights ({META_FILE} missing); create it "
             "with trainers/convert_weights.py --checkpoint=<file.pth> --output=<dir>")
     return files.read_json(meta_path)
+
+
+def weights_sha256(model) -> str:
+    """sha256 of a model's weights by value (names, shapes, bytes), not of a file:
+    the same weights give the same hash however and whenever they were saved."""
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        value = np.ascontiguousarray(weight.numpy())
+        digest.update(f"{weight.name}:{value.dtype}:{value.shape}\n".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def weights_identity(meta) -> dict:
+    """Converted (or study-trained) weights' part of a run identity, from their meta."""
+    return {"sha256": meta["source_sha256"], "arch": meta["arch"], "stem": meta["stem"],
+            "base_width": meta["base_width"], "mean": meta["mean"], "std": meta["std"]}
 
 
 def load_converted(output_dir) -> Converted:

@@ -42,6 +42,8 @@ import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from dwlt_tf import errors, identity
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -83,7 +85,11 @@ DATASETS = {
 }
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetError(errors.UserError):
+    """The data on disk cannot serve the requested dataset (the message says why)."""
+
+
+class DatasetNotFoundError(DatasetError, FileNotFoundError):
     """A dataset is not available locally (and downloading was not requested)."""
 
 
@@ -107,17 +113,23 @@ class DataSpec:
       download: allow TFDS to download and prepare the dataset (network!).
     """
     name: str
-    data_dir: Optional[str] = None
-    path: Optional[str] = None
+    # Where the data lives is not part of a run's identity (`identity.neutral`): the
+    # dataset's content fingerprint is (see `fingerprint`).
+    data_dir: Optional[str] = identity.neutral(None)
+    path: Optional[str] = identity.neutral(None)
     data_rate: float = 1.0
     classes: Optional[Tuple[int, ...]] = None
     image_size: int = 224
     augment: str = "imagenet"
     stats: Optional[str] = None
     val_fraction: float = 0.1
-    download: bool = False
+    download: bool = identity.neutral(False)
 
     def __post_init__(self):
+        for key in ("data_dir", "path"):  # "~/tensorflow_datasets", "$DATA/imagenet"
+            value = getattr(self, key)
+            if value:
+                object.__setattr__(self, key, os.path.expandvars(os.path.expanduser(value)))
         if self.name not in DATASETS:
             raise ValueError(f"Unknown dataset {self.name!r}; choose one of {sorted(DATASETS)}")
         if not 0.0 < self.data_rate <= 1.0:
@@ -174,6 +186,12 @@ class Splits:
     num_classes: int
     class_names: Sequence[str]
     spec: DataSpec
+    fingerprint: str = ""   # what the data holds (see `fingerprint`), not where it is
+
+    @property
+    def identity(self):
+        """The dataset's part of a run identity: result-affecting spec + content."""
+        return dataset_identity(self.spec, self.fingerprint)
 
     def get(self, split):
         if split not in ("train", "val", "test"):
@@ -194,9 +212,42 @@ def load(spec: DataSpec) -> Splits:
         splits = _select_classes(splits, spec.classes)
     for split in ("train", "val", "test"):
         if splits.size(split) == 0:
-            raise ValueError(f"Split {split!r} of dataset {spec.name!r} is empty "
-                             f"(data_rate={spec.data_rate}, classes={spec.classes})")
+            raise errors.ConfigError(
+                f"Split {split!r} of dataset {spec.label!r} is empty "
+                f"(data_rate={spec.data_rate}, classes={spec.classes})")
+    splits.fingerprint = fingerprint(spec)
     return splits
+
+
+def dataset_identity(spec: DataSpec, content: str) -> dict:
+    """A dataset's part of a run identity: its result-affecting settings and content."""
+    return {"spec": identity.describe(spec), "content": content}
+
+
+def fingerprint(spec: DataSpec) -> str:
+    """What a dataset holds, independent of where it lives.
+
+    TFDS: the builder's full name (dataset/config/version) and split sizes.
+    ImageFolder: sha256 of every image's path relative to the root and its size in
+    bytes (a listing, no decoding; a same-size edit of one file goes unnoticed).
+    Raises DatasetNotFoundError when the data is not there.
+    """
+    if spec.name == "imagefolder":
+        root = _image_folder_root(spec)
+        digest = hashlib.sha256()
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            rel = os.path.relpath(dirpath, root)
+            for name in sorted(filenames):
+                if name.startswith("."):
+                    continue
+                size = os.stat(os.path.join(dirpath, name)).st_size
+                digest.update(f"{rel}/{name}:{size}\n".encode())
+        return "imagefolder:" + digest.hexdigest()[:16]
+    builder = _tfds_builder(spec)
+    sizes = ",".join(f"{name}={info.num_examples}"
+                     for name, info in sorted(builder.info.splits.items()))
+    return f"tfds:{builder.info.full_name}:{sizes}"
 
 
 # --------------------------------------------------------------------------- TFDS
@@ -269,7 +320,7 @@ def _load_tfds(spec):
         if total is None:  # no split metadata (mocked TFDS): count what the filters keep
             num_train, num_val = _count(train), _count(val)
         elif total < hi:
-            raise ValueError(
+            raise DatasetError(
                 f"TFDS {layout.tfds_name!r} split {layout.train_split!r} in "
                 f"{spec.data_dir!r} has {total} examples; the reference splits need "
                 f"{hi} (validation = examples {lo}-{hi - 1})")
@@ -308,14 +359,19 @@ def _num_examples(builder, split, ds):
 
 # -------------------------------------------------------------------- ImageFolder
 
-def _load_image_folder(spec):
-    root = os.path.abspath(os.path.expanduser(spec.path))
+def _image_folder_root(spec):
+    root = os.path.abspath(spec.path)
     if not os.path.isdir(os.path.join(root, "train")) or not os.path.isdir(
             os.path.join(root, "test")):
         raise DatasetNotFoundError(
             f"ImageFolder dataset at {root!r} needs train/<class>/<images> and "
             f"test/<class>/<images> folders; found: "
             f"{sorted(os.listdir(root)) if os.path.isdir(root) else 'no such directory'}")
+    return root
+
+
+def _load_image_folder(spec):
+    root = _image_folder_root(spec)
     builder = tfds.ImageFolder(root)
     names = builder.info.features["label"].names
     split_names = set(builder.info.splits.keys())
@@ -359,7 +415,8 @@ def _select_classes(splits, classes):
                           for c in range(splits.num_classes)], tf.int64)
     bad = [c for c in classes if not 0 <= c < splits.num_classes]
     if bad:
-        raise ValueError(f"classes {bad} out of range for {splits.num_classes} classes")
+        raise errors.ConfigError(f"classes {bad} out of range for the {splits.num_classes} "
+                                 f"classes of {splits.spec.label!r}")
 
     def select(ds):
         ds = ds.filter(lambda ex: tf.gather(lookup, ex["label"]) >= 0)
@@ -371,7 +428,7 @@ def _select_classes(splits, classes):
     train, val, test = (select(splits.train).cache(), select(splits.val).cache(),
                         select(splits.test).cache())
     return Splits(train, val, test, count(train), count(val), count(test), len(classes),
-                  [splits.class_names[c] for c in classes], splits.spec)
+                  [splits.class_names[c] for c in classes], splits.spec, splits.fingerprint)
 
 
 # ------------------------------------------------------------------ preprocessing

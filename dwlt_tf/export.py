@@ -30,7 +30,7 @@ import numpy as np
 import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import tensorflow as tf
 
-from dwlt_tf import data, files, pruning_wrapper, tickets, train, transfer
+from dwlt_tf import data, errors, files, pruning_wrapper, tickets, transfer
 
 TICKET_ASSET = "ticket.json"
 
@@ -131,11 +131,12 @@ def export(model, export_dir, version, meta, image_size, augment="cifar", sample
     Returns the dict of measured sizes and checks (also stored in ticket.json).
     """
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ValueError(f"version must be a positive int, got {version!r}")
+        raise errors.ConfigError(f"version must be a positive int, got {version!r}")
     target = os.path.join(os.path.abspath(export_dir), str(version))
     if os.path.exists(target):
-        raise FileExistsError(f"Export version {target!r} already exists; versions are "
-                              "never overwritten (choose --version)")
+        raise errors.OutputExistsError(
+            f"Export version {target!r} already exists; versions are never overwritten "
+            f"(choose --version; the next free one is {next_version(export_dir)})")
     plain = pruning_wrapper.strip(model) if pruning_wrapper.wrappers(model) else model
     expected = conv_kernel_sparsity(plain.weights)
     num_classes = int(plain.output_shape[-1])
@@ -206,24 +207,51 @@ def _tflite(serving, saved_dir, sample, reference):
             "check_tflite_max_abs_logit_delta": delta}
 
 
-def export_transfer_cell(cell, export_dir, version, which="ra", tflite=False, extra=None,
-                         splits=None, log=print):
-    """Exports a finished transfer run (its best-SA or best-RA weights)."""
+def next_version(export_dir):
+    """The smallest version number above every existing one (1 for a new directory)."""
+    export_dir = os.path.abspath(export_dir)
+    versions = [int(n) for n in os.listdir(export_dir) if n.isdigit()] \
+        if os.path.isdir(export_dir) else []
+    return max(versions, default=0) + 1
+
+
+def exported_info(export_dir, version):
+    """The ticket.json of `<export_dir>/<version>`, or None when there is no such export."""
+    path = os.path.join(os.path.abspath(export_dir), str(version), "assets", TICKET_ASSET)
+    return files.read_json(path) if os.path.isfile(path) else None
+
+
+def export_run(run: transfer.FinishedRun, export_dir, version, which="ra", tflite=False,
+               extra=None, splits=None, log=print):
+    """Exports a finished transfer run's best-SA ("sa") or best-RA ("ra") checkpoint.
+
+    ticket.json's `test_sa`/`test_ra` are the exported checkpoint's own test numbers
+    (RA measured with `ra_attack`); the other checkpoint's are kept, labelled, under
+    `other_checkpoints`. `source_run` names the run, its identity key and the checkpoint.
+    """
     if splits is None:
-        raise ValueError("export_transfer_cell needs the downstream splits (for the head "
-                         "size, normalization and a parity batch)")
-    result = files.read_json(os.path.join(cell, train.RESULT_FILE))
-    model, provenance, masks = transfer.load_best(cell, which, splits)
+        raise ValueError("export_run needs the downstream splits (for the head size, "
+                         "normalization and a parity batch)")
+    model, provenance, masks = transfer.load_best(run, which, splits)
     sample = next(iter(data.eval_batches(splits, "test", 8)))["image"].numpy()
+    chosen = run.result.best(which)
+    other = run.result.best("sa" if which == "ra" else "ra")
     info = {"architecture": provenance["arch"], "stem": provenance["stem"],
             "base_width": provenance["base_width"], "class_names": provenance["class_names"],
             "pretraining": provenance["pretraining"],
             "source_weights_sha256": provenance["pretrained_sha256"],
             "ticket_round": provenance["ticket_round"],
             "transfer_regime": provenance["mode"], "dataset": provenance["dataset"],
-            "data_rate": provenance["data_rate"], "checkpoint": f"best_{which}",
-            "test_sa": result["best"][which]["test_sa"],
-            "test_ra": result["best"][which]["test_ra"],
+            "data_rate": provenance["data_rate"],
+            "source_run": {"path": run.path, "key": run.key, "checkpoint": chosen.checkpoint},
+            "checkpoint": chosen.checkpoint,
+            "selected_on": "validation " + ("SA" if which == "sa" else "RA"),
+            "epoch": chosen.epoch, "val_sa": chosen.val_sa, "val_ra": chosen.val_ra,
+            "test_sa": chosen.test_sa, "test_ra": chosen.test_ra,
+            "ra_attack": run.result.eval_attack,
+            "other_checkpoints": {other.checkpoint: {
+                "note": "not exported; numbers of the other selected checkpoint",
+                "epoch": other.epoch, "test_sa": other.test_sa, "test_ra": other.test_ra}},
             "layer_sparsity": tickets.layer_sparsity(masks) if masks else {}}
     info.update(extra or {})
     return export(model, export_dir, version, info, splits.spec.image_size,

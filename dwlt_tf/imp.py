@@ -14,6 +14,11 @@ saved as soon as it exists (`tickets.save`) with its round, sparsity (overall an
 layer), the source weights' sha256 and the configuration; each round's training runs in
 its own resumable workdir, so an interrupted IMP run continues where it stopped and
 never recomputes a finished round.
+
+The IMP workdir belongs to one identity (`run_identity`: the pre-trained weights, the
+data, the round training and the pruning settings); another identity is refused before
+any work (`identity.claim`). `rounds` is not part of it: ticket k does not depend on
+how many rounds follow, so raising `rounds` continues a finished run.
 """
 import dataclasses
 import os
@@ -22,13 +27,14 @@ from typing import Callable, List, Optional
 import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import tf_keras
 
-from dwlt_tf import pruning, pruning_wrapper, tickets, train
+from dwlt_tf import identity, pruning, pruning_wrapper, tickets, train
 
 
 @dataclasses.dataclass(frozen=True)
 class ImpSpec:
     """How many tickets to find and how fast to prune."""
-    rounds: int = 11                 # tickets 1..rounds (the paper goes to 1 - 0.8^19)
+    # Tickets 1..rounds (the paper goes to 1 - 0.8^19); neutral: more rounds continue a run.
+    rounds: int = identity.neutral(11)
     fraction: float = 0.2            # of the surviving weights, per round
     prunable: tuple = ("conv",)      # the reference prunes every Conv2d, fc stays dense
 
@@ -51,9 +57,16 @@ def masked_model(pretrained_fn: Callable[[], tf_keras.Model], masks, prunable=("
     return model
 
 
+def run_identity(train_spec: train.TrainSpec, imp_spec: ImpSpec, dataset: dict,
+                 pretrained: dict) -> dict:
+    """An IMP run's identity: pre-trained weights, data, round training, pruning."""
+    return {"kind": "imp", "pretrained": pretrained, "dataset": dataset,
+            "train": identity.describe(train_spec), "imp": identity.describe(imp_spec)}
+
+
 def run(pretrained_fn: Callable[[], tf_keras.Model], splits, train_spec: train.TrainSpec,
-        imp_spec: ImpSpec, workdir: str, strategy=None, meta: Optional[dict] = None
-        ) -> List[str]:
+        imp_spec: ImpSpec, workdir: str, strategy=None, meta: Optional[dict] = None, *,
+        pretrained: dict, overwrite: bool = False) -> List[str]:
     """Finds tickets 1..imp_spec.rounds; returns their directories.
 
     Args:
@@ -64,7 +77,12 @@ def run(pretrained_fn: Callable[[], tf_keras.Model], splits, train_spec: train.T
       workdir: tickets go to <workdir>/tickets/round_KK, round trainings to
         <workdir>/train/round_KK.
       meta: recorded in every ticket (e.g. source weights' sha256, config).
+      pretrained: the identity of the weights `pretrained_fn` builds
+        (`convert.weights_identity`).
+      overwrite: move a run of another identity in `workdir` aside instead of refusing.
     """
+    identity.claim(workdir, run_identity(train_spec, imp_spec, splits.identity, pretrained),
+                   overwrite, "IMP run")
     meta = dict(meta or {})
     paths = [ticket_dir(workdir, k) for k in range(1, imp_spec.rounds + 1)]
     if not tickets.is_ticket(paths[0]):
@@ -79,7 +97,8 @@ def run(pretrained_fn: Callable[[], tf_keras.Model], splits, train_spec: train.T
         masks, _ = tickets.load(paths[k - 1])
         result = train.fit(lambda m=masks: masked_model(pretrained_fn, m, imp_spec.prunable),
                            splits, train_spec, os.path.join(workdir, "train", f"round_{k:02d}"),
-                           strategy)
+                           strategy, inputs={"kind": "imp_round", "pretrained": pretrained,
+                                             "ticket": tickets.fingerprint(masks)})
         trained = pruning_wrapper.get_kernels(result.model)
         new_masks = pruning.global_magnitude_masks(trained, masks, imp_spec.fraction)
         tickets.save(paths[k], new_masks, {

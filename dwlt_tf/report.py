@@ -21,7 +21,19 @@ from dwlt_tf import files  # noqa: E402
 
 REGIMES = ("standard", "adversarial")
 COLUMNS = ("pretraining", "dataset", "data_rate", "regime", "ticket", "sparsity", "sa", "ra",
-           "sa_ckpt_test_ra", "ra_ckpt_test_sa", "val_sa", "val_ra", "cell")
+           "sa_ckpt_test_ra", "ra_ckpt_test_sa", "val_sa", "val_ra", "ra_attack", "cell")
+
+
+def attack_label(attack):
+    """A short description of the attack behind an RA (`train.attack_description`)."""
+    if not attack:
+        return "none"
+    def px(value):  # eps and step size in 0-255 pixel units, as papers state them
+        return f"{value * 255:.4g}/255"
+    return (f"{attack['method'].upper()}-{attack['steps']} {attack['norm']} eps {px(attack['eps'])}"
+            f" step {px(attack['step_size'])}, {attack['restarts']} restart"
+            f"{'s' if attack['restarts'] != 1 else ''}"
+            f"{', random start' if attack.get('random_start') else ''} ({attack['library']})")
 
 
 def _group_key(row):
@@ -104,6 +116,9 @@ def markdown(rows, summary, tolerance, export_note=None):
              "the same transfer regime; double-win: matching under standard *and* adversarial "
              "transfer. SA = test SA of the best-SA checkpoint, RA = test RA of the best-RA "
              "checkpoint (both selected on validation).", ""]
+    attacks = sorted({r.get("ra_attack") for r in rows if r.get("ra_attack")})
+    if attacks:
+        lines += ["RA measured with: " + "; ".join(attacks) + ".", ""]
     for (pretraining, dataset, rate), group in summary.items():
         lines += [f"## {pretraining} pre-training → {dataset}, data rate {rate:g}", "",
                   "| ticket | sparsity | std SA | std RA | adv SA | adv RA | std match | "

@@ -1,17 +1,24 @@
 """The double-win study: pre-train (or convert), find tickets with IMP, transfer each
 ticket and the dense model under standard and adversarial training, report, export.
 
-Every unit of work is a *cell* named by a hash of everything that determines its result
-(open_lth style): `<workdir>/cells/<kind>_<hash>/` holds `cell.json` (its full
-configuration) and, once finished, its results. A second run of the same study finds
-finished cells and never recomputes them; an interrupted cell resumes from its own
-checkpoints; changing one hyperparameter reruns exactly the cells it affects.
+Every unit of work is a *cell* named by a hash of exactly what determines its result
+(open_lth style, `identity.py`): result-affecting settings that differ from their
+defaults, the input weights and tickets by content, the data by a fingerprint of its
+content -- not verbosity, checkpoint cadence, evaluation batch size or where the data
+lives. `<workdir>/cells/<kind>_<hash>/run.json` records that identity and the cell's
+run writes its results next to it. A second run of the same study finds finished cells
+and never recomputes them; an interrupted cell resumes from its own checkpoints;
+changing one hyperparameter reruns exactly the cells it affects. Everything the study
+needs -- every stage's spec, the pre-trained weights, every dataset -- is checked
+before the first step.
 
 Cells, in order: `pretrain` (only for pre-trainings trained here, e.g. the quickstart;
 others come from converted checkpoints), `imp` (tickets of one pre-training on the
 source task), `transfer` (one pre-training x ticket-or-dense x dataset x data rate x
 regime). Then `results.csv`, `results.json`, `report.md`, `plots/*.png` and the
-exported SavedModel of the sparsest double-win ticket in `<workdir>/export/<version>`.
+exported SavedModel of the sparsest double-win ticket in `<workdir>/export/<version>`
+(if that version already holds another selection, the next free version, and the
+report says which).
 """
 import dataclasses
 import os
@@ -20,7 +27,8 @@ from typing import Dict, List, Optional
 import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 
 from dwlt_tf import config as cfg
-from dwlt_tf import (convert, data, export, files, imp, report, tickets, train, transfer)
+from dwlt_tf import (convert, data, export, files, identity, imp, report, tickets, train,
+                     transfer)
 
 TOP_LEVEL = ("model", "source", "pretrainings", "imp", "tickets", "downstream", "transfer",
              "report", "export", "runtime")
@@ -56,15 +64,14 @@ def plan(config) -> Plan:
     for name in names:
         section = config.pretrainings[name]
         cfg.check_keys(section, PRETRAINING_KEYS, f"pretrainings.{name}")
-        path = section.get("path") or ""
+        path = os.path.expandvars(os.path.expanduser(section.get("path") or ""))
         trained = cfg.to_dict(section.get("train") or {})
         if bool(path) == bool(trained):
             raise cfg.ConfigError(f"pretrainings.{name}: give either `path` (converted or "
                                   f"PyTorch weights) or a `train` section, not "
                                   f"{'both' if path else 'neither'}")
-        if path and not os.path.exists(os.path.expanduser(path)):
-            raise cfg.ConfigError(f"pretrainings.{name}.path={path!r}: no such file or "
-                                  "directory (convert weights with trainers/convert_weights.py)")
+        if path:
+            _check_pretrained_path(path, model, f"pretrainings.{name}.path={path!r}")
         imp_mode = section.get("imp_mode", "standard")
         imp_section = cfg.to_dict(imp_train)
         imp_section["mode"] = imp_mode
@@ -74,7 +81,7 @@ def plan(config) -> Plan:
                                   f"pre-training (one of {names}) and needs a `train` section")
         pretrainings[name] = {
             "init": init or None,
-            "path": os.path.expanduser(path) if path else None,
+            "path": path or None,
             "train": cfg.train_spec(trained, f"pretrainings.{name}.train") if trained else None,
             "imp": cfg.train_spec(imp_section, "imp.train"),
         }
@@ -100,14 +107,53 @@ def plan(config) -> Plan:
         if (regime == "standard") != (spec.mode == "standard"):
             raise cfg.ConfigError(f"transfer.{key}.mode={spec.mode!r} does not fit the "
                                   f"{regime} regime")
+        # The verdicts compare test SA and test RA of every transfer.
+        if not spec.test:
+            raise cfg.ConfigError(f"transfer.{key}.test=False: the study compares every "
+                                  "transfer's test SA and RA; keep test=True")
+        if spec.eval_attack is None:
+            raise cfg.ConfigError(f"transfer.{key}.eval_attack is empty: the study needs "
+                                  "RA (e.g. PGD-20: {eps: 8/255, step_size: 2/255, steps: 20})")
         transfer_specs[key] = spec
     for regime in REGIMES:
         if regime not in transfer_specs:
             raise cfg.ConfigError(f"transfer.{regime}: missing")
+    for key in transfer_specs:
+        if ":" in key and key.split(":", 1)[1] not in config.downstream.datasets:
+            raise cfg.ConfigError(f"transfer.{key}: dataset {key.split(':', 1)[1]!r} is not "
+                                  f"among downstream.datasets={list(config.downstream.datasets)}")
+    if not datasets:
+        raise cfg.ConfigError("downstream: no datasets or no data_rates to transfer to")
     cfg.check_keys(config.report, ("tolerance",), "report")
+    tolerance = config.report.tolerance
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or tolerance < 0:
+        raise cfg.ConfigError(f"report.tolerance={tolerance!r}: must be a number >= 0 "
+                              "(percentage points)")
     cfg.check_keys(config.export, ("enabled", "version", "tflite"), "export")
+    export_config = cfg.to_dict(config.export)
+    version = export_config.get("version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise cfg.ConfigError(f"export.version={version!r}: must be a positive int")
     return Plan(model, source, pretrainings, imp_spec, rounds, datasets, transfer_specs,
-                float(config.report.tolerance), cfg.to_dict(config.export))
+                float(tolerance), export_config)
+
+
+def _check_pretrained_path(path, model, where):
+    """Converted weights must exist and fit the study's model; PyTorch files must exist."""
+    if not os.path.exists(path):
+        raise cfg.ConfigError(f"{where}: no such file or directory (convert weights with "
+                              "trainers/convert_weights.py)")
+    if os.path.isdir(path):
+        try:
+            meta = convert.load_meta(path)
+        except convert.CheckpointError as e:
+            raise cfg.ConfigError(f"{where}: {e}") from None
+        theirs = (meta["arch"], meta["stem"], meta["base_width"])
+        ours = (model.arch, model.stem, model.base_width)
+        if theirs != ours:
+            raise cfg.ConfigError(
+                f"{where} holds a {theirs[0]} ({theirs[1]} stem, width {theirs[2]}), but "
+                f"model is {ours[0]} ({ours[1]} stem, width {ours[2]})")
 
 
 class Study:
@@ -122,13 +168,11 @@ class Study:
         self._splits = {}
 
     # ------------------------------------------------------------------ helpers
-    def _cell(self, kind, *parts):
-        key = cfg.fingerprint(kind, *parts)
+    def _cell(self, kind, cell_identity):
+        """The directory of the cell with this identity (claimed: see identity.claim)."""
+        key = identity.key(cell_identity)
         path = os.path.join(self.workdir, "cells", f"{kind}_{key}")
-        os.makedirs(path, exist_ok=True)
-        if not os.path.exists(os.path.join(path, "cell.json")):
-            files.write_json(os.path.join(path, "cell.json"),
-                             {"kind": kind, "key": key, "config": parts})
+        identity.claim(path, cell_identity, what=f"{kind} cell")
         return path, key
 
     def _load(self, spec):
@@ -139,6 +183,11 @@ class Study:
     def _transfer_spec(self, regime, dataset_name):
         return self.plan.transfer.get(f"{regime}:{dataset_name}", self.plan.transfer[regime])
 
+    def check_data(self):
+        """Loads the source and every downstream dataset: missing data fails now."""
+        for spec in [self.plan.source] + self.plan.datasets:
+            self._load(spec)
+
     # ------------------------------------------------------------------- stages
     def pretrained(self, name):
         """Directory of converted-format pre-trained weights (theta0) for `name`."""
@@ -146,8 +195,9 @@ class Study:
         if entry["path"] and os.path.isdir(entry["path"]):
             return entry["path"]
         if entry["path"]:  # a PyTorch checkpoint: convert once
-            sha = convert.file_sha256(entry["path"])
-            cell, _ = self._cell("convert", sha, self.plan.model)
+            cell, _ = self._cell("convert", {
+                "kind": "convert", "checkpoint_sha256": convert.file_sha256(entry["path"]),
+                "model": identity.describe(self.plan.model)})
             out = os.path.join(cell, "weights")
             if not os.path.exists(out):
                 self.log(f"[convert] {name}: {entry['path']}")
@@ -155,18 +205,17 @@ class Study:
                     entry["path"], self.plan.model.arch, self.plan.model.stem))
             return out
         init_dir = self.pretrained(entry["init"]) if entry["init"] else None
-        init_sha = convert.load_meta(init_dir)["source_sha256"] \
-            if init_dir else None
-        cell, key = self._cell("pretrain", name, self.plan.model, self.plan.source,
-                               entry["train"], init_sha)
+        init = convert.weights_identity(convert.load_meta(init_dir)) if init_dir else None
+        splits = self._load(self.plan.source)
+        inputs = {"kind": "pretrain", "model": identity.describe(self.plan.model), "init": init}
+        cell, key = self._cell("pretrain", train.run_identity(entry["train"], splits.identity,
+                                                              inputs))
         out = os.path.join(cell, "weights")
         if os.path.exists(out):
             return out
         self.log(f"[pretrain] {name} on {self.plan.source.label} ({entry['train'].mode}) "
                  f"-> {cell}")
-        splits = self._load(self.plan.source)
         mean, std = splits.spec.mean_std
-
         init_weights = convert.load_converted(init_dir).model.get_weights() if init_dir else None
 
         def build():
@@ -177,10 +226,9 @@ class Study:
                 model.set_weights(init_weights)
             return model
         result = train.fit(build, splits, entry["train"], os.path.join(cell, "train"),
-                           self.strategy)
-        weights_file = os.path.join(cell, "train", "final.weights.h5")
-        result.model.save_weights(weights_file)
-        meta = {"source": weights_file, "source_sha256": convert.file_sha256(weights_file),
+                           self.strategy, inputs=inputs)
+        meta = {"source": os.path.join(cell, "train"),
+                "source_sha256": convert.weights_sha256(result.model),
                 "format": "dwlt_tf", "pretraining": name, "arch": self.plan.model.arch,
                 "stem": self.plan.model.stem, "base_width": self.plan.model.base_width,
                 "num_classes": splits.num_classes, "mean": list(mean), "std": list(std),
@@ -192,53 +240,56 @@ class Study:
     def find_tickets(self, name, pretrained_dir):
         entry = self.plan.pretrainings[name]
         meta = convert.load_meta(pretrained_dir)
-        cell, key = self._cell("imp", meta["source_sha256"], self.plan.source, self.plan.imp,
-                               entry["imp"])
+        splits = self._load(self.plan.source)
+        weights = convert.weights_identity(meta)
+        cell, key = self._cell("imp", imp.run_identity(entry["imp"], self.plan.imp,
+                                                       splits.identity, weights))
         paths = [imp.ticket_dir(cell, k) for k in range(1, self.plan.imp.rounds + 1)]
-        if all(tickets.is_ticket(p) for p in paths):
-            return {k: paths[k - 1] for k in self.plan.ticket_rounds}, key
-        self.log(f"[imp] {name}: {self.plan.imp.rounds} tickets ({entry['imp'].mode} "
-                 f"training) -> {cell}")
-        paths = imp.run(lambda: convert.load_converted(pretrained_dir).model,
-                        self._load(self.plan.source), entry["imp"], self.plan.imp, cell,
-                        self.strategy, meta={"pretraining": name, "imp_cell": key,
-                                             "source_sha256": meta["source_sha256"],
-                                             "arch": meta["arch"]})
-        return {k: paths[k - 1] for k in self.plan.ticket_rounds}, key
+        if not all(tickets.is_ticket(p) for p in paths):
+            self.log(f"[imp] {name}: {self.plan.imp.rounds} tickets ({entry['imp'].mode} "
+                     f"training) -> {cell}")
+            paths = imp.run(lambda: convert.load_converted(pretrained_dir).model, splits,
+                            entry["imp"], self.plan.imp, cell, self.strategy,
+                            meta={"pretraining": name, "imp_cell": key,
+                                  "source_sha256": meta["source_sha256"], "arch": meta["arch"]},
+                            pretrained=weights)
+        return {k: paths[k - 1] for k in self.plan.ticket_rounds}
 
-    def transfer_cell(self, name, pretrained_dir, imp_key, ticket, ticket_dir, dataset, regime):
+    def transfer_cell(self, name, pretrained_dir, ticket, ticket_dir, dataset, regime):
         spec = self._transfer_spec(regime, dataset.name)
-        meta = convert.load_meta(pretrained_dir)
-        cell, key = self._cell("transfer", meta["source_sha256"],
-                               "dense" if ticket == "dense" else [imp_key, ticket],
-                               dataset, spec)
+        splits = self._load(dataset)
+        cell, _ = self._cell("transfer", transfer.run_identity(pretrained_dir, ticket_dir,
+                                                               splits.identity, spec))
         result_path = os.path.join(cell, train.RESULT_FILE)
         if os.path.exists(result_path):  # finished: read, don't rebuild anything
-            best = files.read_json(result_path)["best"]
+            result = train.TrainResult.from_json(files.read_json(result_path))
         else:
             self.log(f"[transfer] {name} / {ticket} -> {dataset.label} (rate "
                      f"{dataset.data_rate:g}, {regime}) -> {cell}")
-            best = transfer.run(pretrained_dir, ticket_dir, dataset, spec, cell, self.strategy,
-                                splits=self._load(dataset)).best
+            result = transfer.run(pretrained_dir, ticket_dir, dataset, spec, cell,
+                                  self.strategy, splits=splits)
         sparsity = 0.0 if ticket_dir is None else tickets.load(ticket_dir)[1]["sparsity"]
         return {"pretraining": name, "dataset": dataset.label, "data_rate": dataset.data_rate,
                 "regime": regime, "ticket": ticket, "sparsity": sparsity,
-                "sa": best["sa"]["test_sa"], "ra": best["ra"]["test_ra"],
-                "sa_ckpt_test_ra": best["sa"]["test_ra"], "ra_ckpt_test_sa": best["ra"]["test_sa"],
-                "val_sa": best["sa"]["val_sa"], "val_ra": best["ra"]["val_ra"],
+                "sa": result.best_sa.test_sa, "ra": result.best_ra.test_ra,
+                "sa_ckpt_test_ra": result.best_sa.test_ra,
+                "ra_ckpt_test_sa": result.best_ra.test_sa,
+                "val_sa": result.best_sa.val_sa, "val_ra": result.best_ra.val_ra,
+                "ra_attack": report.attack_label(result.eval_attack),
                 "cell": os.path.relpath(cell, self.workdir)}
 
     # --------------------------------------------------------------------- run
     def run(self):
+        self.check_data()
         rows = []
         for name in self.plan.pretrainings:
             pretrained_dir = self.pretrained(name)
-            ticket_dirs, imp_key = self.find_tickets(name, pretrained_dir)
+            ticket_dirs = self.find_tickets(name, pretrained_dir)
             candidates = [("dense", None)] + [(f"round {k}", d) for k, d in ticket_dirs.items()]
             for dataset in self.plan.datasets:
                 for ticket, ticket_dir in candidates:
                     for regime in REGIMES:
-                        rows.append(self.transfer_cell(name, pretrained_dir, imp_key, ticket,
+                        rows.append(self.transfer_cell(name, pretrained_dir, ticket,
                                                        ticket_dir, dataset, regime))
         summary = report.analyze(rows, self.plan.tolerance)
         report.write_tables(rows, self.workdir)
@@ -251,26 +302,36 @@ class Study:
         return rows, summary
 
     def _export(self, rows, summary):
+        """Exports the chosen ticket; returns the report's sentence on what is where."""
         row, reason = report.choose_export(rows, summary)
         if row is None:
             return reason
+        run = transfer.open_run(os.path.join(self.workdir, row["cell"]))
+        export_dir = os.path.join(self.workdir, "export")
         version = int(self.plan.export.get("version", 1))
-        target = os.path.join(self.workdir, "export", str(version))
-        if not os.path.exists(target):
-            cell = os.path.join(self.workdir, row["cell"])
-            provenance = files.read_json(os.path.join(cell, transfer.PROVENANCE_FILE))
-            export.export_transfer_cell(cell, os.path.join(self.workdir, "export"), version,
-                                        which="ra", tflite=self.plan.export.get("tflite", False),
-                                        extra={"selection": reason, "test_sa": row["sa"],
-                                               "test_ra": row["ra"]},
-                                        splits=self._load(self._dataset_of(provenance)))
-        return f"Exported {reason} (adversarial transfer, best-RA checkpoint) to `{target}`."
+        existing = export.exported_info(export_dir, version)
+        source = (existing or {}).get("source_run", {})
+        if source.get("key") == run.key and source.get("checkpoint") == "best_ra":
+            return (f"`export/{version}` holds {reason} (adversarial transfer, best-RA "
+                    f"checkpoint: test SA {_pct(existing['test_sa'])}, RA "
+                    f"{_pct(existing['test_ra'])}), exported by an earlier run of this study.")
+        prefix = ""
+        if os.path.exists(os.path.join(export_dir, str(version))):
+            taken = version
+            version = export.next_version(export_dir)
+            what = (f"an earlier selection ({existing.get('selection', 'unknown')})"
+                    if existing else "something that is not a complete export")
+            prefix = (f"`export/{taken}` already holds {what} and was left as it is; ")
+        _, info = export.export_run(run, export_dir, version, which="ra",
+                                    tflite=self.plan.export.get("tflite", False),
+                                    extra={"selection": reason}, splits=self._load(run.dataset),
+                                    log=self.log)
+        return (f"{prefix}Exported {reason} (adversarial transfer, best-RA checkpoint: test SA "
+                f"{_pct(info['test_sa'])}, RA {_pct(info['test_ra'])}) to `export/{version}`.")
 
-    def _dataset_of(self, provenance):
-        for spec in self.plan.datasets:
-            if cfg.to_dict(dataclasses.asdict(spec)) == provenance["dataset_spec"]:
-                return spec
-        raise KeyError(provenance["dataset"])
+
+def _pct(value):
+    return "–" if value is None else f"{value:.2f}%"
 
 
 def run(config, workdir, strategy=None, log=print):

@@ -7,14 +7,29 @@ in Keras kernel layout, keyed by the torchvision-style layer name) and `ticket.j
 transfer, export and the study read them. Directories are written to a temporary name
 and renamed into place, so a crash never leaves a half-written ticket.
 """
+import hashlib
 import os
 
 import numpy as np
 
-from dwlt_tf import files
+from dwlt_tf import errors, files
 
 MASKS_FILE = "masks.npz"
 META_FILE = "ticket.json"
+
+
+class TicketError(errors.UserError, FileNotFoundError):
+    """A path that is not a ticket, or a ticket that does not fit the model."""
+
+
+def fingerprint(masks):
+    """sha256 of the masks' content (names, shapes, bits): a ticket's identity."""
+    digest = hashlib.sha256()
+    for name in sorted(masks):
+        mask = np.asarray(masks[name]).astype(bool)
+        digest.update(f"{name}:{mask.shape}\n".encode())
+        digest.update(np.packbits(mask, axis=None).tobytes())
+    return digest.hexdigest()
 
 
 def sparsity(masks):
@@ -36,7 +51,8 @@ def save(path, masks, meta=None):
         raise ValueError("A ticket needs at least one mask")
     meta = dict(meta or {})
     meta.update(sparsity=sparsity(masks), layer_sparsity=layer_sparsity(masks),
-                num_weights=int(sum(m.size for m in masks.values())))
+                num_weights=int(sum(m.size for m in masks.values())),
+                masks_sha256=fingerprint(masks))
     with files.atomic_directory(path) as tmp:
         np.savez_compressed(os.path.join(tmp, MASKS_FILE),
                             **{name: np.asarray(m).astype(bool) for name, m in masks.items()})
@@ -49,7 +65,7 @@ def load(path):
     masks_path = os.path.join(path, MASKS_FILE)
     meta_path = os.path.join(path, META_FILE)
     if not os.path.isfile(masks_path) or not os.path.isfile(meta_path):
-        raise FileNotFoundError(
+        raise TicketError(
             f"{path!r} is not a ticket: expected {MASKS_FILE} and {META_FILE} in it "
             "(written by the IMP trainer or trainers/convert_weights.py)")
     with np.load(masks_path) as archive:

@@ -38,7 +38,7 @@ import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import tensorflow as tf
 import tf_keras
 
-from dwlt_tf import attacks, data, evaluate, files, optim, pruning_wrapper
+from dwlt_tf import attacks, data, errors, evaluate, files, identity, optim, pruning_wrapper
 
 MODES = ("standard", "fast_adversarial", "pgd")
 # float64 is for numerical checks (e.g. comparing strategies without float32 noise).
@@ -49,7 +49,7 @@ _DEFAULT_ATTACK = {"standard": None, "fast_adversarial": attacks.PRESETS["fgsm_r
                    "pgd": attacks.PRESETS["pgd10_train"]}
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(errors.UserError, FloatingPointError):
     """The training loss became NaN or Inf; the last good checkpoint was kept."""
 
 
@@ -73,13 +73,14 @@ class TrainSpec:
     # reference's standard transfer); test RA is still measured with `eval_attack`.
     select_ra: bool = True
     eval_start_epoch: int = 0        # the reference's adversarial transfer: 45
-    eval_batch_size: int = 256
-    checkpoint_every_steps: int = 0  # 0: at the end of every epoch only
-    log_every_steps: int = 10
     seed: int = 1
     precision: str = "float32"
     test: bool = True                # evaluate the best-SA/-RA weights on test at the end
-    verbose: int = 1
+    # Result-neutral settings, left out of run identities (`identity.neutral`).
+    eval_batch_size: int = identity.neutral(256)
+    checkpoint_every_steps: int = identity.neutral(0)  # 0: at the end of every epoch only
+    log_every_steps: int = identity.neutral(10)
+    verbose: int = identity.neutral(1)
 
     def __post_init__(self):
         def bad(key, value, why):
@@ -114,19 +115,68 @@ class TrainSpec:
         return dataclasses.asdict(self)
 
 
+@dataclasses.dataclass(frozen=True)
+class CheckpointResult:
+    """One checkpoint selected on validation (best SA or best RA) and its test numbers."""
+    checkpoint: str                   # "best_sa" or "best_ra" (a folder of the workdir)
+    epoch: int                        # 0-based epoch whose end it was saved at
+    val_sa: float
+    val_ra: Optional[float]           # None when validation measured SA only
+    test_sa: Optional[float] = None   # None when the run did not evaluate on test
+    test_ra: Optional[float] = None   # None when there is no evaluation attack
+
+
 @dataclasses.dataclass
 class TrainResult:
-    """What a finished run reports (also written to <workdir>/result.json)."""
+    """What a finished run reports (also written to <workdir>/result.json).
+
+    `best_sa`/`best_ra` are the best-SA and best-RA checkpoints; `eval_attack` is the
+    attack behind every RA in them (None: no RA was measured).
+    """
     workdir: str
     epochs: int
-    best: dict             # {"sa": {...}, "ra": {...}}: val metrics, epoch, test SA/RA
-    final: dict            # last epoch's validation metrics
+    best_sa: CheckpointResult
+    best_ra: CheckpointResult
+    eval_attack: Optional[dict]
+    final: dict            # last epoch's metrics
     sparsity: float
     images_per_sec: float
     model: Optional[tf_keras.Model] = None
 
+    def best(self, which) -> CheckpointResult:
+        """The best-SA ("sa") or best-RA ("ra") checkpoint."""
+        if which not in ("sa", "ra"):
+            raise ValueError(f"which must be 'sa' or 'ra', got {which!r}")
+        return self.best_sa if which == "sa" else self.best_ra
+
     def to_json(self):
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "model"}
+
+    @classmethod
+    def from_json(cls, record):
+        fields = {f.name for f in dataclasses.fields(cls)} - {"model"}
+        values = {k: v for k, v in record.items() if k in fields}
+        for which in ("best_sa", "best_ra"):
+            values[which] = CheckpointResult(**values[which])
+        return cls(**values)
+
+
+def attack_description(attack: Optional[attacks.Attack]) -> Optional[dict]:
+    """How an RA was measured, for every file that reports one."""
+    if attack is None:
+        return None
+    return {"method": "pgd", "norm": "linf", "library": "cleverhans",
+            **dataclasses.asdict(attack), "restarts": 1}
+
+
+def run_identity(spec: TrainSpec, dataset: dict, inputs: Optional[dict] = None) -> dict:
+    """The identity of a training run: its spec, its data and its other inputs.
+
+    `dataset` is the data's identity (`Splits.identity`); `inputs` names what the model
+    starts from (weights' and ticket's sha256, ...). Callers that check a workdir
+    before training pass `fit` the same `inputs`.
+    """
+    return {"train": identity.describe(spec), "dataset": dataset, **(inputs or {})}
 
 
 @contextlib.contextmanager
@@ -292,30 +342,34 @@ def _append_metrics(path, record):
 
 
 def fit(model_fn: Callable[[], tf_keras.Model], splits: data.Splits, spec: TrainSpec,
-        workdir: str, strategy: Optional[tf.distribute.Strategy] = None) -> TrainResult:
+        workdir: str, strategy: Optional[tf.distribute.Strategy] = None,
+        inputs: Optional[dict] = None, overwrite: bool = False) -> TrainResult:
     """Trains the model `model_fn()` builds (inside the strategy's scope) on `splits`.
 
     `workdir` holds checkpoints, best-SA/-RA weights, TensorBoard logs,
-    `metrics.jsonl` and, once finished, `result.json`. Calling `fit` again with the same
-    workdir resumes an interrupted run, or returns a finished run's result with its
-    final weights loaded, without training again.
+    `metrics.jsonl` and, once finished, `result.json`. The workdir belongs to one run
+    identity (`run_identity(spec, splits, inputs)`, recorded in `run.json`; `inputs`
+    describes what `model_fn` starts from). Calling `fit` again with the same identity
+    resumes an interrupted run, or returns a finished run's result with its final
+    weights loaded, without training again; another identity raises
+    `identity.RunIdentityError` before any work, unless `overwrite` moves the old run
+    aside.
     """
     strategy = strategy or tf.distribute.get_strategy()
     replicas = strategy.num_replicas_in_sync
     if spec.batch_size % replicas:
-        raise ValueError(f"train.batch_size={spec.batch_size} is not divisible by the "
-                         f"{replicas} replicas of {type(strategy).__name__}")
+        raise errors.ConfigError(f"train.batch_size={spec.batch_size} is not divisible by "
+                                 f"the {replicas} replicas of {type(strategy).__name__}")
     if splits.num_train < 1:
-        raise ValueError("The training split is empty")
-    os.makedirs(workdir, exist_ok=True)
+        raise errors.ConfigError(f"The training split is empty ({splits.spec.label!r})")
+    identity.claim(workdir, run_identity(spec, splits.identity, inputs), overwrite,
+                   "training run")
     with precision_policy(spec.precision):
         run = TrainingRun(model_fn, splits, spec, workdir, strategy)
         result_path = os.path.join(workdir, RESULT_FILE)
         if os.path.exists(result_path):
             run.restore_latest()
-            saved = files.read_json(result_path)
-            saved.pop("spec", None)
-            result = TrainResult(**saved)
+            result = TrainResult.from_json(files.read_json(result_path))
             result.model = run.model
             return result
         return _train(run, result_path)
@@ -421,22 +475,24 @@ def _finish(run, history, throughput, result_path):
     for which, key in (("sa", "val_sa"), ("ra", ra_key)):
         # First epoch reaching the best value, as the reference's strict `>` does.
         top = max(evaluated, key=lambda r, k=key: (r[k], -r["epoch"]))
-        best[which] = {"epoch": top["epoch"], "val_sa": top["val_sa"],
-                       "val_ra": top.get("val_ra")}
+        best[which] = CheckpointResult(f"best_{which}", top["epoch"], top["val_sa"],
+                                       top.get("val_ra"))
     if spec.test:
         test_data = data.eval_batches(run.splits, "test", spec.eval_batch_size,
                                       seed=spec.seed, with_noise=spec.eval_attack is not None)
         for which in ("sa", "ra"):
-            if which == "ra" and best["ra"]["epoch"] == best["sa"]["epoch"]:
+            if which == "ra" and best["ra"].epoch == best["sa"].epoch:
                 # Same checkpoint (same epoch): same numbers, no second evaluation.
-                best["ra"].update(test_sa=best["sa"]["test_sa"], test_ra=best["sa"]["test_ra"])
+                best["ra"] = dataclasses.replace(best["ra"], test_sa=best["sa"].test_sa,
+                                                 test_ra=best["sa"].test_ra)
                 continue
             run.load_weights(which)
             acc = run.evaluator(test_data)
-            best[which].update(test_sa=acc.sa, test_ra=acc.ra)
+            best[which] = dataclasses.replace(best[which], test_sa=acc.sa, test_ra=acc.ra)
         run.restore_latest()  # leave the final weights in the model
     result = TrainResult(
-        workdir=run.workdir, epochs=spec.epochs, best=best,
+        workdir=run.workdir, epochs=spec.epochs, best_sa=best["sa"], best_ra=best["ra"],
+        eval_attack=attack_description(spec.eval_attack),
         final={k: v for k, v in history[-1].items()},
         sparsity=pruning_wrapper.model_sparsity(run.model)
         if pruning_wrapper.wrappers(run.model) else 0.0,

@@ -15,7 +15,9 @@ Search spaces are declared in the config (`tune.space`), one entry per TrainSpec
 
 Outputs in the workdir: keras-tuner's state (`tuner/`; an interrupted search resumes and
 does not rerun finished trials), `trials.csv`, and `best.flags`, a flagfile of config
-overrides that `trainers/transfer.py --flagfile=best.flags` accepts.
+overrides that `trainers/transfer.py --flagfile=best.flags` accepts. The workdir belongs
+to one search (`identity.claim`: base spec, data, weights, ticket, search space, oracle,
+objective and seed); `max_trials` is not part of it, so raising it extends a search.
 """
 import csv
 import dataclasses
@@ -27,7 +29,7 @@ import keras_tuner
 from keras_tuner.src.engine import base_tuner
 
 from dwlt_tf import config as cfg
-from dwlt_tf import data, files, train, transfer
+from dwlt_tf import convert, data, files, identity, tickets, train, transfer
 
 OBJECTIVES = ("val_sa", "val_ra", "weighted")
 ORACLES = ("random", "bayesian", "hyperband")
@@ -106,8 +108,8 @@ class TransferTuner(base_tuner.BaseTuner):
         result = transfer.run(self.pretrained, self.ticket, self.dataset, spec,
                               os.path.join(self.workdir, "trials", trial.trial_id),
                               self.strategy, splits=self.splits)
-        val_sa = result.best["sa"]["val_sa"]
-        val_ra = result.best["ra"]["val_ra"]
+        val_sa = result.best_sa.val_sa
+        val_ra = result.best_ra.val_ra
         metrics = {"val_sa": val_sa}
         if val_ra is not None:
             metrics["val_ra"] = val_ra
@@ -134,19 +136,26 @@ def make_oracle(kind, objective, max_trials, seed, max_epochs=None):
     return keras_tuner.oracles.HyperbandOracle(goal, max_epochs=max_epochs, seed=seed)
 
 
-def search(pretrained, ticket, dataset, base_spec, tune_config, workdir, strategy=None):
-    """Runs (or resumes) a search; returns (rows, best_values)."""
+def search(pretrained, ticket, dataset, base_spec, tune_config, workdir, strategy=None,
+           overwrite=False):
+    """Runs (or resumes) a search; returns (rows, best_values, tuner)."""
     cfg.check_keys(tune_config, ("oracle", "objective", "weights", "space", "max_trials",
                                  "max_epochs", "seed"), "tune")
     tc = cfg.to_dict(tune_config)
     space = validate_space(tc.get("space"), tc.get("objective", "val_sa"),
                            tc.get("weights", {}), base_spec, tc.get("oracle", "random"))
+    splits = data.load(dataset)
+    masks = tickets.load(ticket)[0] if ticket else None
+    search_identity = train.run_identity(base_spec, splits.identity,
+                                         transfer.inputs(convert.load_meta(pretrained), masks))
+    search_identity.update(kind="tune", tune={k: v for k, v in tc.items() if k != "max_trials"})
+    identity.claim(workdir, search_identity, overwrite, "tuning search")
     oracle = make_oracle(tc.get("oracle", "random"), tc.get("objective", "val_sa"),
                          tc.get("max_trials", 10), tc.get("seed", 1), tc.get("max_epochs", 4))
     _declare(oracle.hyperparameters, space)
     tuner = TransferTuner(oracle, pretrained, ticket, dataset, base_spec,
                           tc.get("objective", "val_sa"), tc.get("weights", {}) or {}, workdir,
-                          strategy)
+                          strategy, splits=splits)
     tuner.search()
     rows = []
     for trial in sorted(tuner.oracle.trials.values(), key=lambda t: t.trial_id):

@@ -71,3 +71,32 @@ def test_every_target_names_existing_files_and_known_deps():
             if dep is None:  # requirement("...") of a pip package
                 continue
             assert dep.lstrip(":") in targets, f"{name}: unknown dep {dep}"
+
+
+def _imported_modules(path):
+    """dwlt_tf modules a file imports (`from dwlt_tf import x`, `from dwlt_tf.x import y`)."""
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "dwlt_tf":
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dwlt_tf."):
+            found.add(node.module.split(".")[1])
+    return found
+
+
+def test_every_target_depends_on_the_modules_it_imports():
+    targets = _targets()
+    library_of = {}
+    for name, (rule, srcs, _) in targets.items():
+        for src in srcs:
+            if rule == "py_library" and src.startswith("dwlt_tf/"):
+                library_of[os.path.splitext(os.path.basename(src))[0]] = name
+    for name, (rule, srcs, deps) in targets.items():
+        direct = {d.lstrip(":") for d in deps if d}
+        for src in srcs:
+            if src.endswith(".py") and not src.startswith("configs/"):
+                needed = {library_of[m] for m in _imported_modules(os.path.join(REPO, src))}
+                missing = sorted(needed - direct - {name})
+                assert not missing, f"{name} ({src}) imports {missing} without depending on them"

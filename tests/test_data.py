@@ -166,7 +166,7 @@ def test_imagenet_preprocessing_sizes():
 
 def test_split_smaller_than_the_reference_splits_is_named(mock_tfds, tmp_path):
     with mock.patch.object(data, "_split_size", return_value=30000):
-        with pytest.raises(ValueError, match=r"'cifar10' split 'train' .* has 30000 examples; "
+        with pytest.raises(data.DatasetError, match=r"'cifar10' split 'train' .* has 30000 examples; "
                                              r"the reference splits need 50000"):
             data.load(data.DataSpec("cifar10", data_dir=str(tmp_path), image_size=32,
                                     augment="cifar"))

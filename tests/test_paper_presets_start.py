@@ -67,7 +67,8 @@ def test_adversarial_imp_preset_starts_on_imagenet(robust_resnet50, tmp_path, im
             tfds.core.DatasetBuilder, "is_prepared", return_value=True):
         splits = data.load(cfg.data_spec(config.dataset))
         paths = imp.run(lambda: convert.load_converted(robust_resnet50).model, splits, spec,
-                        imp_spec, str(tmp_path / "imp"))
+                        imp_spec, str(tmp_path / "imp"),
+                        pretrained=convert.weights_identity(convert.load_meta(robust_resnet50)))
     assert splits.num_classes == 1000 and splits.num_train == 8
     masks, meta = tickets.load(paths[1])
     assert len(masks) == 53  # every conv of ResNet-50, conv1 and downsamples included
@@ -94,10 +95,11 @@ def test_adversarial_transfer_preset_starts_on_cifar10(robust_resnet50, tmp_path
         result = transfer.run(robust_resnet50, ticket, dataset, spec, str(tmp_path / "run"))
         splits = data.load(dataset)
     assert (splits.num_train, splits.num_val, splits.num_test) == (4, 4, 4)
-    model, provenance, _ = transfer.load_best(str(tmp_path / "run"), "ra", splits)
+    model, provenance, _ = transfer.load_best(transfer.open_run(str(tmp_path / "run")), "ra",
+                                              splits)
     assert provenance["ticket_matches_pretrained"] is True
     assert model.output_shape == (None, 10)
     assert pruning_wrapper.model_sparsity(model) == pytest.approx(0.8, abs=1e-6)
     for which in ("sa", "ra"):  # both checkpoints chosen on validation, tested
-        assert 0.0 <= result.best[which]["test_sa"] <= 100.0
-        assert 0.0 <= result.best[which]["test_ra"] <= 100.0
+        assert 0.0 <= result.best(which).test_sa <= 100.0
+        assert 0.0 <= result.best(which).test_ra <= 100.0

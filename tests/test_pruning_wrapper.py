@@ -170,7 +170,7 @@ def test_imp_rewinds_to_theta0_and_reaches_exact_sparsities(tmp_path, tiny_split
     spec = train.TrainSpec(epochs=1, batch_size=64, lr=0.05, eval_attack=None, test=False,
                            verbose=0)
     paths = imp.run(pretrained_fn, tiny_splits, spec, imp.ImpSpec(rounds=3), str(tmp_path),
-                    meta={"source_sha256": "abc"})
+                    meta={"source_sha256": "abc"}, pretrained={"sha256": "abc"})
     total = sum(int(np.prod(layer.kernel.shape)) for layer in theta0.layers
                 if isinstance(layer, tf_keras.layers.Conv2D))
     for k, path in enumerate(paths, start=1):
@@ -194,5 +194,5 @@ def test_imp_rewinds_to_theta0_and_reaches_exact_sparsities(tmp_path, tiny_split
     # A second call finds every ticket and trains nothing.
     mtimes = [os.path.getmtime(os.path.join(p, tickets.META_FILE)) for p in paths]
     assert imp.run(pretrained_fn, tiny_splits, spec, imp.ImpSpec(rounds=3),
-                   str(tmp_path)) == paths
+                   str(tmp_path), pretrained={"sha256": "abc"}) == paths
     assert mtimes == [os.path.getmtime(os.path.join(p, tickets.META_FILE)) for p in paths]

@@ -1,5 +1,6 @@
 """Tests for the study: configs, validation, double-win logic, a tiny study end to end."""
 import csv
+import dataclasses
 import glob
 import json
 import os
@@ -11,7 +12,7 @@ from unittest import mock
 
 import pytest
 
-from conftest import REPO, load_config
+from conftest import BUNDLED_CIFAR, REPO, load_config
 from dwlt_tf import config as cfg
 from dwlt_tf import data, report, study, train, transfer
 
@@ -52,9 +53,16 @@ def test_transfer_presets_are_the_references():
         assert (spec.image_size, spec.augment, spec.data_rate) == (224, "imagenet", 1.0)
 
 
+def _fake_converted(path, arch="resnet50", stem="imagenet", base_width=64):
+    """A converted-weights directory's metadata (all the study's plan reads)."""
+    path.mkdir()
+    (path / "converted.json").write_text(json.dumps(
+        {"arch": arch, "stem": stem, "base_width": base_width, "source_sha256": "0" * 64}))
+    return path
+
+
 def test_every_config_variant_validates(tmp_path):
-    weights = tmp_path / "weights"
-    weights.mkdir()
+    weights = _fake_converted(tmp_path / "weights")
     for name, variants in (("imp", ("imagenet_std", "imagenet_adv", "local")),
                            ("transfer", ("std_cifar10", "std_cifar100", "std_svhn",
                                          "adv_cifar10", "adv_cifar100", "adv_svhn", "local"))):
@@ -84,6 +92,14 @@ def test_every_config_variant_validates(tmp_path):
     (lambda c: c.pretrainings.adversarial.train.update({"lr": 0.0}), r"pretrainings.adversarial.train.lr=0.0"),
     (lambda c: c.transfer.adversarial.attack.update({"eps": 8}), r"eps must be a float in \[0, 1\]"),
     (lambda c: c.update({"tickets": (1, 5)}), r"rounds \[5\] outside 1..imp.rounds=2"),
+    # Settings the report cannot work with fail before any training, not after it.
+    (lambda c: c.transfer.standard.update({"test": False}), r"transfer.standard.test=False"),
+    (lambda c: setattr(c.transfer.adversarial, "eval_attack", {}),
+     r"transfer.adversarial.eval_attack is empty: the study needs RA"),
+    (lambda c: c.report.update({"tolerance": -1.0}), r"report.tolerance=-1.0: must be a number"),
+    (lambda c: c.export.update({"version": 0}), r"export.version=0: must be a positive int"),
+    (lambda c: c.transfer.update({"adversarial:svhn": c.transfer.adversarial.to_dict()}),
+     r"transfer.adversarial:svhn: dataset 'svhn' is not among downstream.datasets"),
 ])
 def test_bad_configs_are_rejected_naming_key_and_value(edit, match):
     config = load_config("study", "tiny")
@@ -101,6 +117,19 @@ def test_missing_pretrained_weights_are_named(tmp_path):
     config.pretrainings.adversarial.train = {}
     with pytest.raises(cfg.ConfigError, match=r"pretrainings.adversarial.path=.*no such file"):
         study.plan(config)
+    # Converted weights of another architecture than the study's model.
+    config.pretrainings.adversarial.path = str(_fake_converted(tmp_path / "r50"))
+    with pytest.raises(cfg.ConfigError, match=r"holds a resnet50 \(imagenet stem, width 64\), "
+                                              r"but model is resnet18 \(cifar stem, width 8\)"):
+        study.plan(config)
+
+
+def test_missing_downstream_data_fails_before_any_training(tmp_path):
+    config = load_config("study", "tiny")
+    config.downstream.dataset.path = str(tmp_path / "no_images")
+    with mock.patch.object(train, "_train", side_effect=AssertionError("trained")):
+        with pytest.raises(data.DatasetNotFoundError, match="no_images"):
+            study.run(config, str(tmp_path / "study"), log=lambda *_: None)
 
 
 def test_trainer_reports_bad_config_in_one_line():
@@ -175,25 +204,111 @@ def test_tiny_study_writes_every_artifact(tiny_study):
     (png,) = glob.glob(os.path.join(workdir, "plots", "*.png"))
     with open(png, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    kinds = sorted(os.path.basename(p).split("_")[0]
+                   for p in glob.glob(os.path.join(workdir, "cells", "*")))
+    assert kinds == ["imp", "pretrain"] + ["transfer"] * 6
+    assert {r["ra_attack"] for r in rows} == {
+        "PGD-2 linf eps 8/255 step 2/255, 1 restart, random start (cleverhans)"}
+    assert "RA measured with: PGD-2 linf eps 8/255" in text
+
+
+def test_exported_ticket_json_describes_the_exported_checkpoint(tiny_study):
+    workdir, rows, _ = tiny_study
     export_dir = os.path.join(workdir, "export", "1")
     assert os.path.isfile(os.path.join(export_dir, "saved_model.pb"))
     info = json.load(open(os.path.join(export_dir, "assets", "ticket.json")))
     assert info["sparsity"] > 0 and info["check_sparsity"] == info["sparsity"]
-    kinds = sorted(os.path.basename(p).split("_")[0]
-                   for p in glob.glob(os.path.join(workdir, "cells", "*")))
-    assert kinds == ["imp", "pretrain"] + ["transfer"] * 6
+    row = next(r for r in rows if os.path.join(workdir, r["cell"]) == info["source_run"]["path"])
+    assert row["regime"] == "adversarial" and info["checkpoint"] == "best_ra"
+    # The accuracies are the exported (best-RA) checkpoint's own; the best-SA one's are
+    # kept only under a label.
+    assert (info["test_sa"], info["test_ra"]) == (row["ra_ckpt_test_sa"], row["ra"])
+    assert info["other_checkpoints"]["best_sa"]["test_sa"] == row["sa"]
+    assert info["ra_attack"]["steps"] == 2 and info["ra_attack"]["library"] == "cleverhans"
+    # Measured again, independently: the SavedModel alone on the test images.
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    served = tf.saved_model.load(export_dir).signatures["serving_default"]
+    splits = data.load(transfer.open_run(info["source_run"]["path"]).dataset)
+    correct = total = 0
+    for batch in data.eval_batches(splits, "test", 250):
+        predicted = served(images=batch["image"])["classes"].numpy()
+        correct += int((predicted == batch["label"].numpy()).sum())
+        total += len(predicted)
+    assert 100.0 * correct / total == pytest.approx(info["test_sa"], abs=1e-9)
+    report_text = open(os.path.join(workdir, "report.md")).read()
+    assert f"test SA {info['test_sa']:.2f}%, RA {info['test_ra']:.2f}%) to `export/1`" \
+        in report_text
 
 
-def test_second_run_recomputes_nothing(tiny_study):
+def _neutral_changes(config, data_root):
+    """Every setting that must not change a result: logging, cadence, batch, location."""
+    for section in [config.transfer.standard, config.transfer.adversarial, config.imp.train] + [
+            p.train for p in config.pretrainings.values() if p.train]:
+        section.update(dict(verbose=1, eval_batch_size=7, log_every_steps=1,
+                            checkpoint_every_steps=3))
+    for section in (config.source, config.downstream.dataset):
+        section.update(dict(path=data_root, data_dir="/elsewhere/tensorflow_datasets"))
+    config.runtime.update(dict(intra_op_threads=2, inter_op_threads=2))
+    return config
+
+
+def test_second_run_recomputes_nothing(tiny_study, tmp_path):
     workdir, rows, _ = tiny_study
     cells = sorted(glob.glob(os.path.join(workdir, "cells", "*")))
     stamps = {p: os.path.getmtime(p) for p in glob.glob(
         os.path.join(workdir, "cells", "*", "**", "*"), recursive=True)}
+    # The same images in another place (the study keys data by content, not location).
+    moved = shutil.copytree(BUNDLED_CIFAR, tmp_path / "elsewhere" / "cifar10_jpeg_small")
+    config = _neutral_changes(load_config("study", "tiny"), str(moved))
     with mock.patch.object(train, "_train", side_effect=AssertionError("retrained")):
-        again, _ = study.run(load_config("study", "tiny"), workdir, log=lambda *_: None)
+        again, _ = study.run(config, workdir, log=lambda *_: None)
     assert again == rows
     assert sorted(glob.glob(os.path.join(workdir, "cells", "*"))) == cells
     assert stamps == {p: os.path.getmtime(p) for p in stamps}
+    # The export of an earlier run of the same selection is kept and reported as such.
+    assert sorted(os.listdir(os.path.join(workdir, "export"))) == ["1"]
+    assert "exported by an earlier run of this study" in open(
+        os.path.join(workdir, "report.md")).read()
+
+
+def test_changing_one_setting_recomputes_exactly_the_dependent_cells(tiny_study, tmp_path):
+    workdir, rows, _ = tiny_study
+    copy = str(shutil.copytree(workdir, tmp_path / "study"))
+    config = load_config("study", "tiny")
+    config.transfer.adversarial.lr = 0.02
+    config.export.enabled = False
+    computed = []
+
+    def fake_transfer(pretrained, ticket, dataset, spec, cell, *args, **kwargs):
+        computed.append((os.path.basename(ticket) if ticket else "dense", spec.mode, spec.lr))
+        best = train.CheckpointResult("best_sa", 0, 50.0, 20.0, 50.0, 20.0)
+        return train.TrainResult(cell, 1, best, dataclasses.replace(best, checkpoint="best_ra"),
+                                 None, {}, 0.0, 0.0)
+    with mock.patch.object(train, "_train", side_effect=AssertionError("retrained")), \
+            mock.patch.object(transfer, "run", side_effect=fake_transfer):
+        again, _ = study.run(config, copy, log=lambda *_: None)
+    assert sorted(computed) == [("dense", "pgd", 0.02), ("round_01", "pgd", 0.02),
+                                ("round_02", "pgd", 0.02)]
+    unchanged = [r for r in again if r["regime"] == "standard"]
+    assert unchanged == [r for r in rows if r["regime"] == "standard"]
+
+
+def test_export_version_holding_another_selection_is_kept(tiny_study, tmp_path):
+    workdir, _, _ = tiny_study
+    copy = str(shutil.copytree(workdir, tmp_path / "study"))
+    asset = os.path.join(copy, "export", "1", "assets", "ticket.json")
+    info = json.load(open(asset))
+    info["source_run"]["key"] = "0" * 12
+    info["selection"] = "an older choice"
+    json.dump(info, open(asset, "w"))
+    with mock.patch.object(train, "_train", side_effect=AssertionError("retrained")):
+        study.run(load_config("study", "tiny"), copy, log=lambda *_: None)
+    assert json.load(open(asset))["selection"] == "an older choice"  # left as it was
+    new = json.load(open(os.path.join(copy, "export", "2", "assets", "ticket.json")))
+    assert new["source_run"]["key"] != "0" * 12
+    text = open(os.path.join(copy, "report.md")).read()
+    assert "`export/1` already holds an earlier selection (an older choice)" in text
+    assert "to `export/2`." in text
 
 
 def _cell(workdir, regime, ticket):

@@ -1,6 +1,9 @@
 """Tests for dwlt_tf.train: modes, distribution, resume after SIGKILL, NaN handling."""
+import dataclasses
+import glob
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,7 +16,7 @@ import tensorflow as tf
 import tf_keras
 
 from conftest import BUNDLED_CIFAR, REPO, mirrored_strategy
-from dwlt_tf import attacks, data, evaluate, models, pruning, pruning_wrapper, train
+from dwlt_tf import attacks, data, evaluate, identity, models, pruning, pruning_wrapper, train
 
 WORKER = os.path.join(REPO, "tests", "train_worker.py")
 SMALL_PGD = attacks.Attack(8 / 255, 2 / 255, 2)
@@ -90,9 +93,31 @@ def test_finished_run_is_not_recomputed(tmp_path, splits):
     mtime = os.path.getmtime(tmp_path / train.RESULT_FILE)
     again = train.fit(_model_fn(splits, seed=9), splits, spec, str(tmp_path))
     assert os.path.getmtime(tmp_path / train.RESULT_FILE) == mtime
-    assert again.best == first.best
+    assert (again.best_sa, again.best_ra) == (first.best_sa, first.best_ra)
     for a, b in zip(first.model.weights, again.model.weights):  # final weights restored
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+    # Result-neutral settings belong to the same run: reported, not retrained.
+    neutral = dataclasses.replace(spec, verbose=1, eval_batch_size=17, log_every_steps=3,
+                                  checkpoint_every_steps=5)
+    assert train.fit(_model_fn(splits), splits, neutral, str(tmp_path)).best_sa == first.best_sa
+    # Another setting, or other data, is another run: refused before any work, naming
+    # what differs; overwrite moves the old run aside (never deletes it).
+    with pytest.raises(identity.RunIdentityError, match=r"train\.lr: 0\.05 -> 0\.5\n"):
+        train.fit(_model_fn(splits), splits, dataclasses.replace(spec, lr=0.5), str(tmp_path))
+    fewer = data.load(dataclasses.replace(splits.spec, data_rate=0.5))
+    with pytest.raises(identity.RunIdentityError, match=r"dataset\.spec\.data_rate: "
+                                                        r"\(default\) -> 0\.5"):
+        train.fit(_model_fn(fewer), fewer, spec, str(tmp_path))
+    assert os.path.getmtime(tmp_path / train.RESULT_FILE) == mtime
+    legacy = shutil.copytree(tmp_path, tmp_path.parent / f"{tmp_path.name}-legacy")
+    os.remove(legacy / identity.IDENTITY_FILE)  # as an older dwlt_tf left its runs
+    with pytest.raises(identity.RunIdentityError, match="but no run record"):
+        train.fit(_model_fn(splits), splits, spec, str(legacy))
+    train.fit(_model_fn(splits), splits, dataclasses.replace(spec, epochs=1, lr=0.5),
+              str(tmp_path), overwrite=True)
+    (aside,) = glob.glob(str(tmp_path) + ".replaced-*")
+    assert os.path.getmtime(os.path.join(aside, train.RESULT_FILE)) == mtime
+    assert json.load(open(tmp_path / "run.json"))["identity"]["train"]["lr"] == 0.5
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, splits):
@@ -186,8 +211,8 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     for key in a.files:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     assert _comparable(reference / train.METRICS_FILE) == _comparable(killed / train.METRICS_FILE)
-    ra, rb = (json.loads((d / train.RESULT_FILE).read_text())["best"] for d in (reference, killed))
-    assert ra == rb
+    ra, rb = (json.loads((d / train.RESULT_FILE).read_text()) for d in (reference, killed))
+    assert (ra["best_sa"], ra["best_ra"]) == (rb["best_sa"], rb["best_ra"])
 
 
 def _free_ports(n):

@@ -12,7 +12,7 @@ import tf_keras
 
 from conftest import REPO, load_config
 from dwlt_tf import config as cfg
-from dwlt_tf import convert, models, tune
+from dwlt_tf import convert, identity, models, tune
 
 CONFIG = os.path.join(REPO, "configs", "tune.py")
 
@@ -67,8 +67,13 @@ def test_random_search_writes_table_and_reproducible_overrides(tmp_path, pretrai
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads((rerun / "result.json").read_text())
     assert result["spec"]["lr"] == best["lr"] and result["spec"]["epochs"] == best["epochs"]
-    assert result["best"]["sa"]["val_sa"] == pytest.approx(best_row["val_sa"])
-    assert "test_sa" not in result["best"]["sa"]  # tuning never touches the test split
+    assert result["best_sa"]["val_sa"] == pytest.approx(best_row["val_sa"])
+    assert result["best_sa"]["test_sa"] is None  # tuning never touches the test split
+    # The workdir belongs to this search: another search space is refused before any
+    # trial, naming the difference.
+    other = _config(lr={"type": "float", "min": 0.001, "max": 0.05, "sampling": "log"})
+    with pytest.raises(identity.RunIdentityError, match=r"tune\.space\.lr\.min: 0\.005 -> 0\.001"):
+        tune.search(pretrained, None, dataset, spec, other.tune, str(tmp_path))
 
 
 @pytest.mark.parametrize("space,objective,match", [

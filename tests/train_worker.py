@@ -71,7 +71,7 @@ def main(argv):
     if resolver is not None and resolver.task_type:
         name = f"final-{resolver.task_type}-{resolver.task_id}.npz"
     np.savez(os.path.join(FLAGS.workdir, name), **arrays)
-    print("done", result.best, file=sys.stderr)
+    print("done", result.best_sa, file=sys.stderr)
 
 
 if __name__ == "__main__":

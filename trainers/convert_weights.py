@@ -24,9 +24,8 @@ flags.mark_flags_as_required(["checkpoint", "output"])
 
 def main(argv):
     del argv
-    mean = [float(v) for v in FLAGS.mean] if FLAGS.mean else None
-    std = [float(v) for v in FLAGS.std] if FLAGS.std else None
     with cli.reported("convert_weights"):
+        mean, std = cli.float_triple("mean", FLAGS.mean), cli.float_triple("std", FLAGS.std)
         converted = convert.convert(FLAGS.checkpoint, FLAGS.arch, FLAGS.stem, mean, std)
         out = convert.save_converted(FLAGS.output, converted)
     meta = converted.meta
@@ -36,4 +35,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

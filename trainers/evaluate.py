@@ -4,7 +4,9 @@ r"""SA and RA (PGD) of a finished transfer run's best checkpoints on any split.
 """
 from absl import app, flags
 
-from dwlt_tf import attacks, cli, data, evaluate, transfer
+from dwlt_tf import cli
+from dwlt_tf import config as cfg
+from dwlt_tf import data, evaluate, report, train, transfer
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("run", None, "Workdir of a transfer run (trainers/transfer.py or a study cell).")
@@ -21,15 +23,18 @@ flags.mark_flag_as_required("run")
 def main(argv):
     del argv
     with cli.reported("evaluate"):
-        splits = data.load(transfer.dataset_of(FLAGS.run, FLAGS.data_dir))
-        attack = attacks.Attack(FLAGS.eps, FLAGS.step_size, FLAGS.steps) if FLAGS.steps else None
+        attack = cfg.attack_spec({"eps": FLAGS.eps, "step_size": FLAGS.step_size,
+                                  "steps": FLAGS.steps}, "flags") if FLAGS.steps else None
+        run = transfer.open_run(FLAGS.run, FLAGS.data_dir)
+        splits = data.load(run.dataset)
         for which in (("sa", "ra") if FLAGS.checkpoint == "both" else (FLAGS.checkpoint,)):
-            model, _, _ = transfer.load_best(FLAGS.run, which, splits)
+            model, _, _ = transfer.load_best(run, which, splits)
             acc = evaluate.evaluate(model, splits, FLAGS.split, FLAGS.batch_size, attack)
             print(f"best-{which.upper()} checkpoint on {FLAGS.split}: SA {acc.sa:.2f}%"
-                  + (f", RA {acc.ra:.2f}% (PGD-{FLAGS.steps})" if attack else "")
+                  + (f", RA {acc.ra:.2f}% ({report.attack_label(train.attack_description(attack))})"
+                     if attack else "")
                   + f" over {acc.count} images")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

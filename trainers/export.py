@@ -2,8 +2,9 @@ r"""Exports a transferred ticket (or dense model) as a TF Serving SavedModel.
 
   python trainers/export.py --checkpoint=runs/transfer --export_dir=serving/ticket --version=1
 
---checkpoint is a transfer run's workdir (trainers/transfer.py or a study cell); its
-best-RA weights are exported by default. Writes <export_dir>/<version>/ (never
+--checkpoint is a finished transfer run's workdir (trainers/transfer.py or a study
+cell); its best-RA weights are exported by default, after checking that the run's
+weights, ticket and data on disk are still the ones it was trained with. Writes <export_dir>/<version>/ (never
 overwritten) with assets/ticket.json; prints the SavedModel's size and gzip size.
 """
 from absl import app, flags
@@ -23,13 +24,12 @@ flags.mark_flags_as_required(["checkpoint", "export_dir"])
 def main(argv):
     del argv
     with cli.reported("export"):
-        splits = data.load(transfer.dataset_of(FLAGS.checkpoint, FLAGS.data_dir))
-        path, info = export.export_transfer_cell(FLAGS.checkpoint, FLAGS.export_dir,
-                                                 FLAGS.version, FLAGS.weights, FLAGS.tflite,
-                                                 splits=splits)
+        run = transfer.open_run(FLAGS.checkpoint, FLAGS.data_dir)
+        path, info = export.export_run(run, FLAGS.export_dir, FLAGS.version, FLAGS.weights,
+                                       FLAGS.tflite, splits=data.load(run.dataset))
     print(f"SavedModel: {path}\n  sparsity {100 * info['sparsity']:.2f}%, "
           f"{info['saved_model_bytes']:,} bytes, gzip {info['saved_model_gzip_bytes']:,} bytes")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -3,7 +3,9 @@ r"""Finds tickets with IMP (rewinding to the pre-trained weights) on the pre-tra
   python trainers/imp.py --config=configs/imp.py:imagenet_adv \
       --pretrained=weights/robust_resnet50 --workdir=runs/imp_adv --data_dir=~/tensorflow_datasets
 
-Tickets appear in <workdir>/tickets/round_KK as soon as they exist; rerunning resumes.
+Tickets appear in <workdir>/tickets/round_KK as soon as they exist; rerunning resumes
+(with a larger --config.imp.rounds it continues). A workdir holding an IMP run with other
+settings, weights or data is refused (--overwrite moves it aside).
 """
 import os
 
@@ -32,11 +34,12 @@ def main(argv):
         paths = imp.run(lambda: convert.load_converted(FLAGS.pretrained).model,
                         data.load(dataset), spec, imp_spec, FLAGS.workdir, strategy,
                         meta={"source_sha256": meta["source_sha256"], "arch": meta["arch"],
-                              "config": cfg.to_dict(config)})
+                              "config": cfg.to_dict(config)},
+                        pretrained=convert.weights_identity(meta), overwrite=FLAGS.overwrite)
     for path in paths:
         sparsity = files.read_json(os.path.join(path, tickets.META_FILE))["sparsity"]
         print(f"{path}: sparsity {100 * sparsity:.2f}%")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -11,7 +11,7 @@ from dwlt_tf import cli, study
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "configs/study.py[:variant]")
-cli.define_common_flags()
+cli.define_common_flags(overwrite=False)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -26,4 +26,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -5,7 +5,8 @@ r"""Transfers one ticket (or the dense pre-trained model) to one downstream task
       --workdir=runs/transfer --data_dir=~/tensorflow_datasets
 
 Without --ticket the dense model is transferred. Rerunning the same command resumes an
-interrupted run; a finished run is reported, not retrained.
+interrupted run; a finished run is reported, not retrained. A workdir holding a run with
+other settings, weights, ticket or data is refused (--overwrite moves it aside).
 """
 from absl import app, flags
 from ml_collections import config_flags
@@ -27,14 +28,16 @@ def main(argv):
                                                     ("dataset", "train", "runtime"))
         strategy = cli.setup(config)
         result = transfer.run(FLAGS.pretrained, FLAGS.ticket, dataset, spec, FLAGS.workdir,
-                              strategy)
-    for which in ("sa", "ra"):
-        best = result.best[which]
-        print(f"best-{which.upper()} checkpoint (epoch {best['epoch'] + 1}): test SA "
-              f"{best.get('test_sa', float('nan')):.2f}%, test RA "
-              f"{best.get('test_ra') or float('nan'):.2f}%")
+                              strategy, overwrite=FLAGS.overwrite)
+    for best in (result.best_sa, result.best_ra):
+        print(f"{best.checkpoint} checkpoint (epoch {best.epoch + 1}): test SA "
+              f"{_pct(best.test_sa)}, test RA {_pct(best.test_ra)}")
     print(f"results: {FLAGS.workdir}/result.json")
 
 
+def _pct(value):
+    return "not measured" if value is None else f"{value:.2f}%"
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

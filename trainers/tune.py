@@ -28,10 +28,10 @@ def main(argv):
                             spec, config.tune.oracle)
         strategy = cli.setup(config)
         rows, best, _ = tune.search(FLAGS.pretrained, FLAGS.ticket, dataset, spec, config.tune,
-                                    FLAGS.workdir, strategy)
+                                    FLAGS.workdir, strategy, overwrite=FLAGS.overwrite)
     print(tune.summary(rows))
     print(f"best: {best}\noverrides: {FLAGS.workdir}/best.flags")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)
