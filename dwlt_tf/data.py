@@ -33,9 +33,11 @@ random augmentation is keyed by (seed, e, example index), and an optional per-ex
 therefore identical across runs, across replica counts and after resuming mid-epoch
 (`skip_batches`).
 """
+import contextlib
 import dataclasses
 import hashlib
 import os
+import re
 from typing import Optional, Sequence, Tuple
 
 import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
@@ -91,6 +93,59 @@ class DatasetError(errors.UserError):
 
 class DatasetNotFoundError(DatasetError, FileNotFoundError):
     """A dataset is not available locally (and downloading was not requested)."""
+
+
+class CorruptImageError(DatasetError):
+    """An image file of an ImageFolder dataset is damaged; the message names it."""
+
+
+_UNREADABLE = "dwlt_tf: unreadable image file (truncated, empty or not a JPEG/PNG):"
+
+
+def _contains_bytes(data, pattern):
+    """Whether the uint8 vector `data` contains the byte string `pattern` (no zero bytes)."""
+    n = len(pattern)
+    data = tf.concat([data, tf.zeros([n], tf.uint8)], 0)  # any length, even empty
+    length = tf.shape(data)[0]
+    hits = [tf.equal(data[i:length - (n - 1 - i)], byte) for i, byte in enumerate(pattern)]
+    return tf.reduce_any(tf.reduce_all(tf.stack(hits), axis=0))
+
+
+def _looks_complete(contents):
+    """A JPEG with its end-of-image marker, or a PNG with its IEND chunk, near the end.
+
+    Catches the usual damage -- a file cut short by an interrupted copy or download, an
+    empty file, something that is not an image -- from bytes already read, before the
+    decoder fails without saying which file it was decoding.
+    """
+    head = tf.strings.substr(contents, 0, 8)
+    start = tf.maximum(tf.strings.length(contents) - 1024, 0)
+    tail = tf.io.decode_raw(tf.strings.substr(contents, start, 1024), tf.uint8)
+    jpeg = tf.logical_and(tf.equal(tf.strings.substr(head, 0, 2), b"\xff\xd8"),
+                          _contains_bytes(tail, b"\xff\xd9"))
+    png = tf.logical_and(tf.equal(head, b"\x89PNG\r\n\x1a\n"), _contains_bytes(tail, b"IEND"))
+    return tf.logical_or(jpeg, png)
+
+
+def _read_image(path):
+    """Reads and decodes an image file; a damaged file fails naming its path."""
+    contents = tf.io.read_file(path)
+    check = tf.debugging.Assert(_looks_complete(contents), [_UNREADABLE, path])
+    with tf.control_dependencies([check]):
+        return tf.io.decode_image(contents, channels=3, expand_animations=False)
+
+
+@contextlib.contextmanager
+def unreadable_images_named():
+    """Turns the failure of a damaged image file inside a pipeline into CorruptImageError."""
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as e:
+        found = re.search(re.escape(_UNREADABLE) + r"\] \[(.*)\]", e.message)
+        if found is None:
+            raise
+        raise CorruptImageError(f"image file {found.group(1)!r} is damaged (truncated, empty "
+                                "or not a JPEG/PNG): replace or remove it") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -349,7 +404,8 @@ def _split_size(builder, split):
 
 
 def _count(ds):
-    return int(ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1).numpy())
+    with unreadable_images_named():
+        return int(ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1).numpy())
 
 
 def _num_examples(builder, split, ds):
@@ -400,9 +456,7 @@ def _load_image_folder(spec):
         ds = tf.data.Dataset.from_tensor_slices(
             (tf.constant(paths, tf.string), tf.constant(labels, tf.int64)))
         ds = ds.enumerate().map(
-            lambda i, pl: {"image": tf.io.decode_image(tf.io.read_file(pl[0]), channels=3,
-                                                       expand_animations=False),
-                           "label": pl[1], "index": i},
+            lambda i, pl: {"image": _read_image(pl[0]), "label": pl[1], "index": i},
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return ds.cache()
 
@@ -422,12 +476,9 @@ def _select_classes(splits, classes):
         ds = ds.filter(lambda ex: tf.gather(lookup, ex["label"]) >= 0)
         return ds.map(lambda ex: dict(ex, label=tf.gather(lookup, ex["label"])))
 
-    def count(ds):
-        return int(ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1).numpy())
-
     train, val, test = (select(splits.train).cache(), select(splits.val).cache(),
                         select(splits.test).cache())
-    return Splits(train, val, test, count(train), count(val), count(test), len(classes),
+    return Splits(train, val, test, _count(train), _count(val), _count(test), len(classes),
                   [splits.class_names[c] for c in classes], splits.spec, splits.fingerprint)
 
 

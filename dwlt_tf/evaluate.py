@@ -59,8 +59,9 @@ class Evaluator:
 
     def __call__(self, dataset) -> Accuracy:
         totals = tf.zeros([4])
-        for batch in self.strategy.experimental_distribute_dataset(dataset):
-            totals += self._step(batch)
+        with data.unreadable_images_named():
+            for batch in self.strategy.experimental_distribute_dataset(dataset):
+                totals += self._step(batch)
         correct, robust, loss, count = (float(v) for v in totals.numpy())
         if count == 0:
             raise ValueError("Cannot evaluate on an empty dataset")

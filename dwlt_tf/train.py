@@ -406,8 +406,9 @@ def _train(run, result_path):
         epoch_start = time.time()
         for step in range(skip, run.steps_per_epoch):
             started = time.time()
-            batch_loss, batch_correct, batch_count = (
-                float(v) for v in run.train_step(iterator).numpy())
+            with data.unreadable_images_named():
+                batch_loss, batch_correct, batch_count = (
+                    float(v) for v in run.train_step(iterator).numpy())
             elapsed = time.time() - started
             if not math.isfinite(batch_loss):
                 raise NonFiniteLossError(

@@ -1,4 +1,7 @@
 """Tests for dwlt_tf.attacks: CleverHans PGD / FGSM-RS with the reference presets."""
+import gc
+import weakref
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -145,3 +148,15 @@ def test_presets_are_the_references():
     assert attacks.preset("pgd3_imp") == attacks.Attack(8 / 255, 16 / (3 * 255), 3)
     with pytest.raises(ValueError, match="Unknown attack preset 'pgd7'"):
         attacks.preset("pgd7")
+
+
+def test_attacked_models_are_freed():
+    def attack_a_model():
+        model = models.build_resnet("resnet18", 10, "cifar", base_width=4)
+        images = tf.random.stateless_uniform([2, 32, 32, 3], seed=[1, 2])
+        attacks.pgd_attack(model, images, tf.constant([1, 2]), 8 / 255, 2 / 255, 2)
+        assert model in attacks._COMPILED  # pylint: disable=protected-access
+        return weakref.ref(model)
+    model_ref = attack_a_model()
+    gc.collect()
+    assert model_ref() is None  # the compiled attack does not keep its model alive

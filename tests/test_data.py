@@ -170,3 +170,31 @@ def test_split_smaller_than_the_reference_splits_is_named(mock_tfds, tmp_path):
                                              r"the reference splits need 50000"):
             data.load(data.DataSpec("cifar10", data_dir=str(tmp_path), image_size=32,
                                     augment="cifar"))
+
+
+def test_a_damaged_image_fails_naming_its_file(tmp_path):
+    from conftest import REPO  # pylint: disable=import-outside-toplevel
+    from dwlt_tf import evaluate, models  # pylint: disable=import-outside-toplevel
+    root = tmp_path / "folder"
+    jpegs = os.path.join(REPO, "data", "cifar10_jpeg_small", "test", "cat")
+    pngs = os.path.join(REPO, "data", "cifar10_png")
+    for split in ("train", "test"):
+        for label, source, ext in (("cat", jpegs, ".jpg"), ("png", pngs, ".png")):
+            (root / split / label).mkdir(parents=True)
+            for name in sorted(n for n in os.listdir(source) if n.endswith(ext))[:6]:
+                with open(os.path.join(source, name), "rb") as f:
+                    (root / split / label / name).write_bytes(f.read())
+    spec = data.DataSpec("imagefolder", path=str(root), image_size=32, augment="cifar",
+                         val_fraction=0.2)
+    model = models.build_resnet("resnet18", 2, "cifar", base_width=4)
+    # Whole JPEG and PNG files pass the check (as every bundled image does elsewhere).
+    assert evaluate.evaluate(model, data.load(spec), "train", 8, attack=None).count == 10
+    # A file cut short (an interrupted copy) and an empty one are named.
+    whole = (root / "train" / "cat" / "0000.jpg").read_bytes()
+    (root / "train" / "cat" / "0000.jpg").write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(data.CorruptImageError, match=r"'.*/train/cat/0000\.jpg' is damaged"):
+        evaluate.evaluate(model, data.load(spec), "train", 8, attack=None)
+    (root / "train" / "cat" / "0000.jpg").write_bytes(whole)
+    (root / "test" / "png" / "cifar10_00_3.png").write_bytes(b"")
+    with pytest.raises(data.CorruptImageError, match=r"test/png/cifar10_00_3\.png' is damaged"):
+        evaluate.evaluate(model, data.load(spec), "test", 8, attack=None)
