@@ -1,10 +1,11 @@
-"""Input pipelines: the reference's splits and preprocessing, through TFDS.
+"""Input pipelines at paper scale: the reference's splits, read by random access.
 
-Every dataset is read through TFDS from a user-given `data_dir` (`cifar10`, `cifar100`,
-`svhn_cropped`, `imagenet2012`) or from an ImageFolder-style directory
-(`<root>/<split>/<class>/<image>`, read with `tfds.ImageFolder`). Nothing is downloaded
-unless the caller passes `download=True`; missing data is a `DatasetNotFoundError`
-naming the dataset, the directory searched and the files to provide.
+Datasets: TFDS's `cifar10`, `cifar100`, `svhn_cropped` and `imagenet2012` from a
+user-given `data_dir` (prepared in TFDS's ArrayRecord format), or an ImageFolder
+directory (`<root>/<split>/<class>/<image>`: `train/` and `test/`, optionally `val/` or
+`validation/`; `.jpg`, `.jpeg`, `.png`). Nothing is downloaded unless `download=True`;
+missing data is a `DatasetNotFoundError` naming the files to provide and where (the
+README's "Preparing data" says how for each dataset).
 
 Splits reproduce the reference code (VITA-Group/Double-Win-LTH, `dataset.py`):
 
@@ -17,21 +18,33 @@ Splits reproduce the reference code (VITA-Group/Double-Win-LTH, `dataset.py`):
 * ImageNet: training = the first int(N * data_rate) of TFDS's train split (the
   reference uses all of it), validation = test = TFDS's validation split.
 * ImageFolder: validation = the `val`/`validation` folder if present, otherwise the last
-  `val_fraction` of each class's (sorted) training files; training = the first
-  int(n * data_rate) of each class's remaining files; test = the `test` folder.
+  round(n * val_fraction) of each class's files sorted by name; training = the first
+  int(n * data_rate) of each class's remaining (sorted) files; test = the `test` folder.
 
-Preprocessing ("augment"): `imagenet` = RandomResizedCrop(size) + flip for training,
-resize(shorter side = size * 256 / 224) + center crop for evaluation (the reference's
-224-pixel recipe); `cifar` = 4-pixel zero padding + random crop + flip for training,
-identity for evaluation (the reference's 32-pixel mode). Pixels are float32 in [0, 1];
-normalization lives in the model (`models.Normalization`), with each dataset's
-constants in `STATS`.
+How examples are read, and why (memory independent of the dataset's size):
 
-Determinism: the training order of epoch e is a shuffle seeded by (seed, e), every
-random augmentation is keyed by (seed, e, example index), and an optional per-example
-`noise` tensor in [-1, 1] (PGD's random start) is keyed the same way. Results are
-therefore identical across runs, across replica counts and after resuming mid-epoch
-(`skip_batches`).
+* A split is a table of positions into stored examples -- an ImageFolder's sorted file
+  paths, or the records of a TFDS ArrayRecord split. Only positions (int64) and, for
+  ImageFolder, the file paths are held in memory; never images, decoded or encoded.
+* `pipeline.py` orders an epoch by a stateless permutation of positions (an exact
+  global shuffle in O(1) memory), gives every replica a contiguous share of every global
+  batch and every worker only its replicas' shares, and only then reads and decodes
+  (`Split.read`, `preprocess.py`).
+* Trade-offs: reads are random rather than sequential (fine on SSDs and network
+  filesystems, slow on spinning disks); a TFDS dataset must be stored as ArrayRecord,
+  which this module asks TFDS for when it prepares one (a TFRecord-only preparation is
+  refused with the conversion command); ArrayRecord records are fetched through TFDS's
+  Python data source, 64 per call, so a worker's reading takes one Python thread.
+
+Preprocessing ("augment", see `preprocess.py`): `imagenet` = torchvision's
+RandomResizedCrop(size) + flip for training, Resize(size * 256 / 224) + CenterCrop(size)
+for evaluation; `cifar` = RandomCrop(size, padding=4) + flip for training, identity for
+evaluation. Pixels are float32 in [0, 1]; normalization lives in the model
+(`models.Normalization`), with each dataset's constants in `STATS`.
+
+Determinism (`pipeline.py`): the order, every random augmentation and PGD's random
+start are keyed by (seed, epoch, example index): identical across runs, replica counts
+and workers, and after resuming mid-epoch.
 """
 import contextlib
 import dataclasses
@@ -40,11 +53,14 @@ import os
 import re
 from typing import Optional, Sequence, Tuple
 
+import numpy as np
+
 import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core.download import download_manager
 
-from dwlt_tf import errors, identity
+from dwlt_tf import errors, identity, preprocess
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -58,6 +74,7 @@ STATS = {
 }
 
 AUGMENTATIONS = ("imagenet", "cifar")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +90,8 @@ class _TfdsLayout:
     val_start: Optional[int] = None
     val_end: Optional[int] = None
     id_prefix: Optional[str] = None  # "train_" when the `id` feature holds the index
-    cache: bool = True
+    # Files TFDS reads from `<data_dir>/downloads/manual` (none: the checksummed URLs').
+    manual_files: Tuple[str, ...] = ()
 
 
 DATASETS = {
@@ -82,7 +100,8 @@ DATASETS = {
                             "train_"),
     "svhn": _TfdsLayout("svhn_cropped", 10, "svhn", "train", "test", 68257, 73257, "train_"),
     "imagenet": _TfdsLayout("imagenet2012", 1000, "imagenet", "train", "validation",
-                            cache=False),
+                            manual_files=("ILSVRC2012_img_train.tar",
+                                          "ILSVRC2012_img_val.tar")),
     "imagefolder": None,  # described by `DataSpec.path`
 }
 
@@ -96,52 +115,16 @@ class DatasetNotFoundError(DatasetError, FileNotFoundError):
 
 
 class CorruptImageError(DatasetError):
-    """An image file of an ImageFolder dataset is damaged; the message names it."""
-
-
-_UNREADABLE = "dwlt_tf: unreadable image file (truncated, empty or not a JPEG/PNG):"
-
-
-def _contains_bytes(data, pattern):
-    """Whether the uint8 vector `data` contains the byte string `pattern` (no zero bytes)."""
-    n = len(pattern)
-    data = tf.concat([data, tf.zeros([n], tf.uint8)], 0)  # any length, even empty
-    length = tf.shape(data)[0]
-    hits = [tf.equal(data[i:length - (n - 1 - i)], byte) for i, byte in enumerate(pattern)]
-    return tf.reduce_any(tf.reduce_all(tf.stack(hits), axis=0))
-
-
-def _looks_complete(contents):
-    """A JPEG with its end-of-image marker, or a PNG with its IEND chunk, near the end.
-
-    Catches the usual damage -- a file cut short by an interrupted copy or download, an
-    empty file, something that is not an image -- from bytes already read, before the
-    decoder fails without saying which file it was decoding.
-    """
-    head = tf.strings.substr(contents, 0, 8)
-    start = tf.maximum(tf.strings.length(contents) - 1024, 0)
-    tail = tf.io.decode_raw(tf.strings.substr(contents, start, 1024), tf.uint8)
-    jpeg = tf.logical_and(tf.equal(tf.strings.substr(head, 0, 2), b"\xff\xd8"),
-                          _contains_bytes(tail, b"\xff\xd9"))
-    png = tf.logical_and(tf.equal(head, b"\x89PNG\r\n\x1a\n"), _contains_bytes(tail, b"IEND"))
-    return tf.logical_or(jpeg, png)
-
-
-def _read_image(path):
-    """Reads and decodes an image file; a damaged file fails naming its path."""
-    contents = tf.io.read_file(path)
-    check = tf.debugging.Assert(_looks_complete(contents), [_UNREADABLE, path])
-    with tf.control_dependencies([check]):
-        return tf.io.decode_image(contents, channels=3, expand_animations=False)
+    """An image file is damaged; the message names it."""
 
 
 @contextlib.contextmanager
 def unreadable_images_named():
-    """Turns the failure of a damaged image file inside a pipeline into CorruptImageError."""
+    """Turns the failure of a damaged image inside a pipeline into CorruptImageError."""
     try:
         yield
     except tf.errors.InvalidArgumentError as e:
-        found = re.search(re.escape(_UNREADABLE) + r"\] \[(.*)\]", e.message)
+        found = re.search(re.escape(preprocess.UNREADABLE) + r"\] \[(.*)\]", e.message)
         if found is None:
             raise
         raise CorruptImageError(f"image file {found.group(1)!r} is damaged (truncated, empty "
@@ -225,44 +208,144 @@ class DataSpec:
         return STATS[layout.stats] if layout else STATS["imagenet"]
 
 
+# ------------------------------------------------------------------ stored examples
+
+class _Files:
+    """An ImageFolder split's files (sorted by class, then name), read by position."""
+
+    def __init__(self, paths, labels, name):
+        self.paths = list(paths)
+        self.labels = np.asarray(labels, np.int64)
+        self.name = name
+
+    def __len__(self):
+        return len(self.paths)
+
+    def read(self, items):
+        """Adds "encoded", "label" and "name" (the path) to items {"index", "position"}."""
+        paths = tf.constant(self.paths or [""], tf.string)
+        labels = tf.constant(self.labels if len(self.labels) else [0], tf.int64)
+
+        def fetch(item):
+            path = tf.gather(paths, item["position"])
+            return dict(item, encoded=tf.io.read_file(path), name=path,
+                        label=tf.gather(labels, item["position"]))
+        return items.map(fetch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+class _Records:
+    """A TFDS split stored as ArrayRecord, read by position through TFDS's data source."""
+    PER_CALL = 64  # records per Python call: amortizes the call, keeps memory bounded
+
+    def __init__(self, builder, split):
+        try:
+            self.source = builder.as_data_source(
+                split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+        except NotImplementedError:
+            stored = getattr(builder.info.file_format, "value", builder.info.file_format)
+            raise DatasetError(
+                f"TFDS {builder.name!r} in {builder.data_dir} is stored only as "
+                f"{stored}; dwlt_tf reads TFDS datasets by random access "
+                "(exact global shuffle, disjoint reads per worker), which needs ArrayRecord. "
+                "Convert it (pip install apache-beam; tfds convert_format "
+                f"--dataset_version_dir={builder.data_dir} --out_file_format=array_record) or "
+                "prepare it again into a new data_dir (dwlt_tf prepares ArrayRecord).") from None
+        self.name = f"{builder.name}/{split}"
+
+    def __len__(self):
+        return len(self.source)
+
+    def _fetch(self, positions):
+        return tf.constant(self.source.__getitems__(positions.numpy().tolist()), tf.string)
+
+    def read(self, items):
+        """Adds "encoded", "label" and "name" (`<dataset>/<split>[<position>]`) to items."""
+        name = self.name
+
+        def fetch(batch):
+            serialized = tf.py_function(self._fetch, [batch["position"]], tf.string)
+            serialized.set_shape([None])
+            parsed = tf.io.parse_example(serialized, {
+                "image": tf.io.FixedLenFeature([], tf.string),
+                "label": tf.io.FixedLenFeature([], tf.int64)})
+            names = tf.strings.join([name, "[", tf.strings.as_string(batch["position"]), "]"])
+            return dict(batch, encoded=parsed["image"], label=parsed["label"], name=names)
+        return items.batch(self.PER_CALL).map(
+            fetch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
+
+    def column(self, key, dtype):
+        """One feature of every record, in storage order (a pass over the split)."""
+        values = []
+        for start in range(0, len(self), 4096):
+            records = self.source.__getitems__(list(range(start, min(start + 4096, len(self)))))
+            parsed = tf.io.parse_example(tf.constant(records, tf.string),
+                                         {key: tf.io.FixedLenFeature([], dtype)})
+            values.append(parsed[key].numpy())
+        return np.concatenate(values) if values else np.zeros([0])
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Split:
+    """The examples of one split: positions into stored examples (`table`) in the split's
+    canonical order, and an optional relabelling (class subsets)."""
+    table: object                   # _Files or _Records
+    positions: np.ndarray           # int64: split index -> table position
+    relabel: Optional[Tuple[int, ...]] = None  # original label -> label (or -1)
+
+    def __len__(self):
+        return len(self.positions)
+
+    def read(self, indices: tf.data.Dataset) -> tf.data.Dataset:
+        """Examples {"index", "encoded", "label", "name"} for split indices (int64)."""
+        positions = tf.constant(self.positions if len(self.positions) else [0], tf.int64)
+        items = indices.map(lambda i: {"index": i, "position": tf.gather(positions, i)})
+        examples = self.table.read(items)
+        if self.relabel is not None:
+            lookup = tf.constant(self.relabel, tf.int64)
+            examples = examples.map(lambda ex: dict(ex, label=tf.gather(lookup, ex["label"])))
+        return examples
+
+
 @dataclasses.dataclass
 class Splits:
-    """Raw (undecoded-size, unbatched) splits of one dataset.
-
-    Each dataset yields dicts {"image": uint8 HxWx3, "label": int64, "index": int64}
-    where `index` is the example's position in the split's canonical order.
-    """
-    train: tf.data.Dataset
-    val: tf.data.Dataset
-    test: tf.data.Dataset
-    num_train: int
-    num_val: int
-    num_test: int
+    """The train, validation and test splits of one dataset spec."""
+    train: Split
+    val: Split
+    test: Split
     num_classes: int
     class_names: Sequence[str]
     spec: DataSpec
     fingerprint: str = ""   # what the data holds (see `fingerprint`), not where it is
 
     @property
+    def num_train(self):
+        return len(self.train)
+
+    @property
+    def num_val(self):
+        return len(self.val)
+
+    @property
+    def num_test(self):
+        return len(self.test)
+
+    @property
     def identity(self):
         """The dataset's part of a run identity: result-affecting spec + content."""
         return dataset_identity(self.spec, self.fingerprint)
 
-    def get(self, split):
+    def get(self, split) -> Split:
         if split not in ("train", "val", "test"):
             raise ValueError(f"Unknown split {split!r}; choose train, val or test")
         return getattr(self, split)
 
     def size(self, split):
-        return {"train": self.num_train, "val": self.num_val, "test": self.num_test}[split]
+        return len(self.get(split))
 
 
 def load(spec: DataSpec) -> Splits:
-    """Loads the reference splits of `spec` (see module docstring)."""
-    if spec.name == "imagefolder":
-        splits = _load_image_folder(spec)
-    else:
-        splits = _load_tfds(spec)
+    """The reference splits of `spec` (see module docstring); reads no image."""
+    splits = _load_image_folder(spec) if spec.name == "imagefolder" else _load_tfds(spec)
     if spec.classes is not None:
         splits = _select_classes(splits, spec.classes)
     for split in ("train", "val", "test"):
@@ -290,14 +373,9 @@ def fingerprint(spec: DataSpec) -> str:
     if spec.name == "imagefolder":
         root = _image_folder_root(spec)
         digest = hashlib.sha256()
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames.sort()
-            rel = os.path.relpath(dirpath, root)
-            for name in sorted(filenames):
-                if name.startswith("."):
-                    continue
-                size = os.stat(os.path.join(dirpath, name)).st_size
-                digest.update(f"{rel}/{name}:{size}\n".encode())
+        for split, class_name, path in _image_folder_files(root):
+            size = os.stat(path).st_size
+            digest.update(f"{split}/{class_name}/{os.path.basename(path)}:{size}\n".encode())
         return "imagefolder:" + digest.hexdigest()[:16]
     builder = _tfds_builder(spec)
     sizes = ",".join(f"{name}={info.num_examples}"
@@ -307,110 +385,89 @@ def fingerprint(spec: DataSpec) -> str:
 
 # --------------------------------------------------------------------------- TFDS
 
-def _missing_data_message(builder, spec, manual_dir):
-    files = []
-    for url, info in sorted(builder.url_infos.items()):
-        files.append(f"  {info.filename or os.path.basename(url)} "
-                     f"({info.size} bytes, sha256 {info.checksum}) from {url}")
-    listing = "\n".join(files) if files else "  (see the TFDS catalog for this dataset)"
+def _manual_dir(spec):
+    return os.path.join(spec.data_dir, "downloads", "manual")
+
+
+def _manual_files(builder, layout):
+    """(file name, description) of what TFDS reads from the manual directory."""
+    if layout.manual_files:
+        return [(name, "from image-net.org (registration needed)")
+                for name in layout.manual_files]
+    return [(info.filename or os.path.basename(url),
+             f"{info.size} bytes, sha256 {info.checksum}, from {url}")
+            for url, info in sorted(builder.url_infos.items())]
+
+
+def _missing_data_message(builder, spec, files):
+    listing = "\n".join(f"  {name} ({about})" for name, about in files)
     return (
         f"Dataset {spec.name!r} (TFDS {builder.name!r}) is not prepared in data_dir "
         f"{spec.data_dir!r}, and downloading was not requested.\n"
-        f"To prepare it offline, place the original archive(s) in {manual_dir}:\n{listing}\n"
-        "TFDS checks each file's size and sha256, then builds the dataset without "
-        "network access. Alternatively pass download=True (flag --config.dataset."
-        "download=True) to let TFDS download it.")
+        f"To prepare it offline, place the original archive(s) in {_manual_dir(spec)}:\n"
+        f"{listing}\n"
+        "TFDS checks each downloadable file's size and sha256, then builds the dataset "
+        "without network access (README: 'Preparing data'). Alternatively pass "
+        "download=True (flag --config.dataset.download=True) to let TFDS download it.")
 
 
 def _tfds_builder(spec):
+    """The TFDS builder of `spec`, prepared (as ArrayRecord) from manual files if needed."""
     layout = DATASETS[spec.name]
     builder = tfds.builder(layout.tfds_name, data_dir=spec.data_dir)
-    if builder.is_prepared():
+    if builder.is_prepared():  # (in whichever format: `_Records` checks it can read it)
         return builder
-    manual_dir = os.path.join(spec.data_dir, "downloads", "manual")
-    manual_files = [os.path.join(manual_dir, info.filename or os.path.basename(url))
-                    for url, info in builder.url_infos.items()]
-    config = tfds.download.DownloadConfig(manual_dir=manual_dir)
-    if manual_files and all(os.path.exists(f) for f in manual_files):
-        # TFDS takes manually placed files without touching the network, after
-        # checking their size and sha256.
-        builder.download_and_prepare(download_config=config)
-    elif spec.download:
-        builder.download_and_prepare(download_config=config)
-    else:
-        raise DatasetNotFoundError(_missing_data_message(builder, spec, manual_dir))
+    files = _manual_files(builder, layout)
+    present = files and all(os.path.exists(os.path.join(_manual_dir(spec), name))
+                            for name, _ in files)
+    if not (present or spec.download):
+        raise DatasetNotFoundError(_missing_data_message(builder, spec, files))
+    # With the manual files present TFDS takes them without touching the network,
+    # after checking the size and sha256 of checksummed ones.
+    try:
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=_manual_dir(spec)),
+            file_format="array_record")
+    except download_manager.NonMatchingChecksumError as e:
+        raise DatasetError(
+            f"An archive in {_manual_dir(spec)} for {spec.name!r} does not match the size and "
+            f"sha256 TFDS expects (a partial download or another version?):\n{e}\n"
+            f"Expected:\n" + "\n".join(f"  {name} ({about})" for name, about in files)) from None
     return builder
 
 
-def _original_index(example, id_prefix):
-    """Parses the original file-order index from TFDS's `id` feature ("train_00042")."""
-    digits = tf.strings.substr(example["id"], len(id_prefix), -1)
-    return tf.strings.to_number(digits, out_type=tf.int64)
+def _original_indices(table, prefix):
+    """The original (file-order) index of every record, from TFDS's `id` ("train_00042")."""
+    ids = table.column("id", tf.string)
+    return np.array([int(value[len(prefix):]) for value in ids], np.int64)
 
 
 def _load_tfds(spec):
     layout = DATASETS[spec.name]
     builder = _tfds_builder(spec)
-    read_config = tfds.ReadConfig(shuffle_seed=0, interleave_cycle_length=1)
-    train_all = builder.as_dataset(split=layout.train_split, shuffle_files=False,
-                                   read_config=read_config)
-    test = builder.as_dataset(split=layout.test_split, shuffle_files=False,
-                              read_config=read_config)
-
-    def with_index(ds, id_prefix):
-        if id_prefix:
-            return ds.map(lambda ex: {"image": ex["image"], "label": ex["label"],
-                                      "index": _original_index(ex, id_prefix)})
-        return ds.enumerate().map(lambda i, ex: {"image": ex["image"], "label": ex["label"],
-                                                 "index": i})
-
+    train_table = _Records(builder, layout.train_split)
+    test_table = _Records(builder, layout.test_split)
+    test = Split(test_table, np.arange(len(test_table), dtype=np.int64))
     if layout.val_start is not None:
-        pool = with_index(train_all, layout.id_prefix)
-        num_train = int(layout.val_start * spec.data_rate)
         lo, hi = layout.val_start, layout.val_end
-        train = pool.filter(lambda ex: ex["index"] < num_train)
-        val = pool.filter(lambda ex: (ex["index"] >= lo) & (ex["index"] < hi))
-        num_val = hi - lo
-        total = _split_size(builder, layout.train_split)
-        if total is None:  # no split metadata (mocked TFDS): count what the filters keep
-            num_train, num_val = _count(train), _count(val)
-        elif total < hi:
+        if len(train_table) < hi:
             raise DatasetError(
                 f"TFDS {layout.tfds_name!r} split {layout.train_split!r} in "
-                f"{spec.data_dir!r} has {total} examples; the reference splits need "
-                f"{hi} (validation = examples {lo}-{hi - 1})")
-        test = with_index(test, None)
-        num_test = _num_examples(builder, layout.test_split, test)
+                f"{spec.data_dir!r} has {len(train_table)} examples; the reference splits "
+                f"need {hi} (validation = examples {lo}-{hi - 1})")
+        original = _original_indices(train_table, layout.id_prefix)
+        by_original = np.argsort(original, kind="stable")  # table positions in file order
+        if not np.array_equal(original[by_original], np.arange(len(original))):
+            raise DatasetError(f"TFDS {layout.tfds_name!r} in {spec.data_dir!r}: the `id` "
+                               "features are not the original indices 0..N-1")
+        train = Split(train_table, by_original[:int(lo * spec.data_rate)])
+        val = Split(train_table, by_original[lo:hi])
     else:
-        total = _num_examples(builder, layout.train_split, train_all)
-        num_train = int(total * spec.data_rate)
-        train = with_index(train_all, None).take(num_train)
-        test = with_index(test, None)
+        train = Split(train_table,
+                      np.arange(int(len(train_table) * spec.data_rate), dtype=np.int64))
         val = test
-        num_test = num_val = _num_examples(builder, layout.test_split, test)
-    if layout.cache:
-        train, val, test = train.cache(), val.cache(), test.cache()
     names = builder.info.features["label"].names
-    return Splits(train, val, test, num_train, num_val, num_test, layout.num_classes,
-                  list(names), spec)
-
-
-def _split_size(builder, split):
-    """The split's size from TFDS's metadata; None when there is none (mocked TFDS)."""
-    try:
-        return builder.info.splits[split].num_examples
-    except KeyError:
-        return None
-
-
-def _count(ds):
-    with unreadable_images_named():
-        return int(ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1).numpy())
-
-
-def _num_examples(builder, split, ds):
-    size = _split_size(builder, split)
-    return _count(ds) if size is None else size
+    return Splits(train, val, test, layout.num_classes, list(names), spec)
 
 
 # -------------------------------------------------------------------- ImageFolder
@@ -426,178 +483,77 @@ def _image_folder_root(spec):
     return root
 
 
+def _image_folder_files(root):
+    """(split, class, path) of every image, splits and classes and files sorted by name."""
+    for split in sorted(os.listdir(root)):
+        split_dir = os.path.join(root, split)
+        if not os.path.isdir(split_dir) or split.startswith("."):
+            continue
+        for class_name in sorted(os.listdir(split_dir)):
+            class_dir = os.path.join(split_dir, class_name)
+            if not os.path.isdir(class_dir) or class_name.startswith("."):
+                continue
+            for name in sorted(os.listdir(class_dir)):
+                if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
+                    yield split, class_name, os.path.join(class_dir, name)
+
+
 def _load_image_folder(spec):
     root = _image_folder_root(spec)
-    builder = tfds.ImageFolder(root)
-    names = builder.info.features["label"].names
-    split_names = set(builder.info.splits.keys())
-    val_name = next((s for s in ("val", "validation") if s in split_names), None)
+    by_split = {}
+    for split, class_name, path in _image_folder_files(root):
+        by_split.setdefault(split, {}).setdefault(class_name, []).append(path)
+    names = sorted(by_split.get("train", {}))
+    val_name = next((s for s in ("val", "validation") if s in by_split), None)
+    for split in ["test"] + ([val_name] if val_name else []):
+        unknown = sorted(set(by_split.get(split, {})) - set(names))
+        if unknown:
+            raise DatasetError(f"ImageFolder {root!r}: classes {unknown} of {split}/ have no "
+                               "train/ folder")
 
-    def files_of(split):
-        # (path, label) in tfds.ImageFolder's order: label folders sorted, files sorted.
-        examples = builder._split_examples[split]  # pylint: disable=protected-access
-        return [(e.image_path, names.index(e.label)) for e in examples]
+    def table(split):
+        files = [(path, label) for label, name in enumerate(names)
+                 for path in by_split.get(split, {}).get(name, [])]
+        return _Files([p for p, _ in files], [label for _, label in files], f"{root}/{split}")
 
-    train_files, val_files = [], []
-    for label in range(len(names)):
-        files = [f for f in files_of("train") if f[1] == label]
-        if val_name is None:
-            num_val = int(round(len(files) * spec.val_fraction))
-            files, held_out = files[:len(files) - num_val], files[len(files) - num_val:]
-            val_files += held_out
-        train_files += files[:int(len(files) * spec.data_rate)]
-    if val_name is not None:
-        val_files = files_of(val_name)
-    test_files = files_of("test")
+    train_table = table("train")
+    train_positions, val_positions, start = [], [], 0
+    for name in names:
+        count = len(by_split["train"][name])
+        held_out = 0 if val_name else int(round(count * spec.val_fraction))
+        kept = count - held_out
+        train_positions += range(start, start + int(kept * spec.data_rate))
+        val_positions += range(start + kept, start + count)
+        start += count
+    train = Split(train_table, np.asarray(train_positions, np.int64))
+    if val_name:
+        val_table = table(val_name)
+        val = Split(val_table, np.arange(len(val_table), dtype=np.int64))
+    else:
+        val = Split(train_table, np.asarray(val_positions, np.int64))
+    test_table = table("test")
+    test = Split(test_table, np.arange(len(test_table), dtype=np.int64))
+    return Splits(train, val, test, len(names), names, spec)
 
-    def dataset(files):
-        paths = [p for p, _ in files]
-        labels = [l for _, l in files]
-        ds = tf.data.Dataset.from_tensor_slices(
-            (tf.constant(paths, tf.string), tf.constant(labels, tf.int64)))
-        ds = ds.enumerate().map(
-            lambda i, pl: {"image": _read_image(pl[0]), "label": pl[1], "index": i},
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return ds.cache()
 
-    return Splits(dataset(train_files), dataset(val_files), dataset(test_files),
-                  len(train_files), len(val_files), len(test_files), len(names), names, spec)
+def _labels(table):
+    """The label of every stored example of a table (a pass over TFDS records)."""
+    if isinstance(table, _Files):
+        return table.labels
+    if not hasattr(table, "_labels"):
+        table._labels = table.column("label", tf.int64)  # pylint: disable=protected-access
+    return table._labels  # pylint: disable=protected-access
 
 
 def _select_classes(splits, classes):
-    lookup = tf.constant([classes.index(c) if c in classes else -1
-                          for c in range(splits.num_classes)], tf.int64)
     bad = [c for c in classes if not 0 <= c < splits.num_classes]
     if bad:
         raise errors.ConfigError(f"classes {bad} out of range for the {splits.num_classes} "
                                  f"classes of {splits.spec.label!r}")
+    relabel = tuple(classes.index(c) if c in classes else -1 for c in range(splits.num_classes))
 
-    def select(ds):
-        ds = ds.filter(lambda ex: tf.gather(lookup, ex["label"]) >= 0)
-        return ds.map(lambda ex: dict(ex, label=tf.gather(lookup, ex["label"])))
-
-    train, val, test = (select(splits.train).cache(), select(splits.val).cache(),
-                        select(splits.test).cache())
-    return Splits(train, val, test, _count(train), _count(val), _count(test), len(classes),
-                  [splits.class_names[c] for c in classes], splits.spec, splits.fingerprint)
-
-
-# ------------------------------------------------------------------ preprocessing
-
-def _seed_pair(*parts):
-    """Stateless-RNG seed from Python ints (stable across processes)."""
-    digest = hashlib.sha256(repr(parts).encode()).digest()
-    return (int.from_bytes(digest[:4], "little") & 0x7FFFFFFF,
-            int.from_bytes(digest[4:8], "little") & 0x7FFFFFFF)
-
-
-def _example_seed(base, index, salt):
-    return tf.stack([tf.constant(base[0], tf.int64) + salt,
-                     tf.constant(base[1], tf.int64) * 1_000_003 + index])
-
-
-def _random_resized_crop(image, size, seed):
-    """torchvision's RandomResizedCrop(size): scale (0.08, 1), ratio (3/4, 4/3)."""
-    begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(image), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed,
-        min_object_covered=0.0, aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0),
-        max_attempts=10, use_image_if_no_bounding_boxes=True)
-    image = tf.slice(image, begin, crop_size)
-    return tf.image.resize(image, (size, size), method="bilinear", antialias=True)
-
-
-def _resize_center_crop(image, size):
-    """torchvision's Resize(size * 256 / 224) + CenterCrop(size)."""
-    resize = int(round(size * 256 / 224))
-    shape = tf.cast(tf.shape(image)[:2], tf.float32)
-    scale = resize / tf.reduce_min(shape)
-    new_shape = tf.cast(tf.round(shape * scale), tf.int32)
-    image = tf.image.resize(image, new_shape, method="bilinear", antialias=True)
-    top = (new_shape[0] - size) // 2
-    left = (new_shape[1] - size) // 2
-    return tf.slice(image, [top, left, 0], [size, size, 3])
-
-
-def _pad_random_crop(image, size, seed):
-    """torchvision's RandomCrop(size, padding=4) (zero padding)."""
-    image = tf.image.resize_with_crop_or_pad(image, size, size)
-    image = tf.pad(image, [[4, 4], [4, 4], [0, 0]])
-    return tf.image.stateless_random_crop(image, (size, size, 3), seed=seed)
-
-
-def _augment_train(image, spec, seed):
-    image = tf.cast(image, tf.float32) / 255.0
-    if spec.augment == "imagenet":
-        image = _random_resized_crop(image, spec.image_size, seed)
-    else:
-        image = _pad_random_crop(image, spec.image_size, seed)
-    image = tf.image.stateless_random_flip_left_right(image, seed=seed + [0, 1])
-    return tf.clip_by_value(image, 0.0, 1.0)
-
-
-def _preprocess_eval(image, spec):
-    image = tf.cast(image, tf.float32) / 255.0
-    if spec.augment == "imagenet":
-        image = _resize_center_crop(image, spec.image_size)
-    elif image.shape[0] != spec.image_size or image.shape[1] != spec.image_size:
-        image = tf.image.resize_with_crop_or_pad(image, spec.image_size, spec.image_size)
-    return tf.clip_by_value(image, 0.0, 1.0)
-
-
-def _output(image, ex, with_noise, noise_seed):
-    out = {"image": image, "label": ex["label"], "index": ex["index"]}
-    if with_noise:
-        out["noise"] = tf.random.stateless_uniform(
-            tf.shape(image), _example_seed(noise_seed, ex["index"], 7), -1.0, 1.0)
-    return out
-
-
-def train_batches(splits: Splits, batch_size: int, seed: int, epoch: int,
-                  skip_batches: int = 0, with_noise: bool = False,
-                  shuffle_buffer: Optional[int] = None) -> tf.data.Dataset:
-    """One epoch of augmented, shuffled training batches (the last one may be short).
-
-    Deterministic in (seed, epoch): the same batches come out whatever the replica
-    count, and `skip_batches` resumes an epoch mid-way without changing what follows.
-    `with_noise` adds a per-example "noise" tensor in [-1, 1] for PGD's random start.
-    """
-    _check_batch(batch_size)
-    spec = splits.spec
-    order_seed = _seed_pair("order", seed, epoch)
-    aug_seed = _seed_pair("augment", seed, epoch)
-    noise_seed = _seed_pair("noise", seed, epoch)
-    buffer = shuffle_buffer or max(splits.num_train, 1)
-    ds = splits.train.shuffle(buffer, seed=order_seed[0], reshuffle_each_iteration=False)
-    if skip_batches:
-        ds = ds.skip(skip_batches * batch_size)
-
-    def prepare(ex):
-        image = _augment_train(ex["image"], spec, _example_seed(aug_seed, ex["index"], 0))
-        return _output(image, ex, with_noise, noise_seed)
-
-    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
-def eval_batches(splits: Splits, split: str, batch_size: int, seed: int = 0,
-                 with_noise: bool = False) -> tf.data.Dataset:
-    """Preprocessed evaluation batches of `split` in a fixed order."""
-    _check_batch(batch_size)
-    spec = splits.spec
-    noise_seed = _seed_pair("eval-noise", seed, split)
-
-    def prepare(ex):
-        return _output(_preprocess_eval(ex["image"], spec), ex, with_noise, noise_seed)
-
-    ds = splits.get(split).map(prepare, num_parallel_calls=tf.data.AUTOTUNE,
-                               deterministic=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
-def num_batches(num_examples, batch_size):
-    return -(-num_examples // batch_size)
-
-
-def _check_batch(batch_size):
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    def select(split):
+        keep = np.isin(_labels(split.table)[split.positions], classes)
+        return Split(split.table, split.positions[keep], relabel)
+    return Splits(select(splits.train), select(splits.val), select(splits.test), len(classes),
+                  [splits.class_names[c] for c in classes], splits.spec)

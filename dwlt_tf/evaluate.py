@@ -11,7 +11,7 @@ from typing import Optional
 import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import tensorflow as tf
 
-from dwlt_tf import attacks, data
+from dwlt_tf import attacks, data, pipeline
 
 
 @dataclasses.dataclass
@@ -57,10 +57,16 @@ class Evaluator:
         per_replica = self.strategy.run(self._replica_step, args=(batch,))
         return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
-    def __call__(self, dataset) -> Accuracy:
+    def __call__(self, splits: data.Splits, split: str, batch_size: int, seed: int = 0
+                 ) -> Accuracy:
+        """SA (and RA) on `split`; each input pipeline reads only its replicas' share."""
+        with_noise = self.attack is not None  # PGD's random start, drawn per example
+        batches = self.strategy.distribute_datasets_from_function(
+            lambda context: pipeline.eval_batches(splits, split, batch_size, seed, with_noise,
+                                              input_context=context))
         totals = tf.zeros([4])
         with data.unreadable_images_named():
-            for batch in self.strategy.experimental_distribute_dataset(dataset):
+            for batch in batches:
                 totals += self._step(batch)
         correct, robust, loss, count = (float(v) for v in totals.numpy())
         if count == 0:
@@ -74,6 +80,4 @@ def evaluate(model, splits: data.Splits, split="test", batch_size=128,
              attack: Optional[attacks.Attack] = attacks.PRESETS["pgd20_eval"], seed=0,
              strategy=None) -> Accuracy:
     """SA (and RA under `attack`, None to skip) of `model` on `split` of `splits`."""
-    dataset = data.eval_batches(splits, split, batch_size, seed=seed,
-                                with_noise=attack is not None)
-    return Evaluator(model, attack, strategy)(dataset)
+    return Evaluator(model, attack, strategy)(splits, split, batch_size, seed)

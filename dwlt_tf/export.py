@@ -30,7 +30,7 @@ import numpy as np
 import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import tensorflow as tf
 
-from dwlt_tf import data, errors, files, pruning_wrapper, tickets, transfer
+from dwlt_tf import errors, files, pipeline, preprocess, pruning_wrapper, tickets, transfer
 
 TICKET_ASSET = "ticket.json"
 
@@ -40,12 +40,8 @@ class ExportError(RuntimeError):
 
 
 def _preprocess_encoded(image_bytes, size, augment):
-    spec = data.DataSpec("imagefolder", path="-", image_size=size, augment=augment)
-
     def one(encoded):
-        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-        image.set_shape([None, None, 3])
-        return data._preprocess_eval(image, spec)  # pylint: disable=protected-access
+        return preprocess.for_eval(preprocess.decode(encoded, "request image"), size, augment)
     return tf.map_fn(one, image_bytes, fn_output_signature=tf.TensorSpec([size, size, 3],
                                                                           tf.float32))
 
@@ -233,7 +229,7 @@ def export_run(run: transfer.FinishedRun, export_dir, version, which="ra", tflit
         raise ValueError("export_run needs the downstream splits (for the head size, "
                          "normalization and a parity batch)")
     model, provenance, masks = transfer.load_best(run, which, splits)
-    sample = next(iter(data.eval_batches(splits, "test", 8)))["image"].numpy()
+    sample = next(iter(pipeline.eval_batches(splits, "test", 8)))["image"].numpy()
     chosen = run.result.best(which)
     other = run.result.best("sa" if which == "ra" else "ra")
     info = {"architecture": provenance["arch"], "stem": provenance["stem"],

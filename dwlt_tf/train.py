@@ -38,7 +38,8 @@ import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import tensorflow as tf
 import tf_keras
 
-from dwlt_tf import attacks, data, errors, evaluate, files, identity, optim, pruning_wrapper
+from dwlt_tf import (attacks, data, errors, evaluate, files, identity, optim, pipeline,
+                     pruning_wrapper)
 
 MODES = ("standard", "fast_adversarial", "pgd")
 # float64 is for numerical checks (e.g. comparing strategies without float32 noise).
@@ -199,14 +200,6 @@ def _is_chief(strategy):
         and "chief" not in resolver.cluster_spec().as_dict())
 
 
-def _distribute(strategy, dataset):
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = (
-        tf.data.experimental.AutoShardPolicy.DATA)
-    options.deterministic = True
-    return strategy.experimental_distribute_dataset(dataset.with_options(options))
-
-
 class TrainingRun:
     """State of one `fit` call: model, optimizer, checkpoints, step functions.
 
@@ -217,7 +210,7 @@ class TrainingRun:
     def __init__(self, model_fn, splits, spec, workdir, strategy):
         self.splits, self.spec, self.workdir, self.strategy = splits, spec, workdir, strategy
         self.chief = _is_chief(strategy)
-        self.steps_per_epoch = data.num_batches(splits.num_train, spec.batch_size)
+        self.steps_per_epoch = pipeline.num_batches(splits.num_train, spec.batch_size)
         with strategy.scope():
             self.model = model_fn()
             self.schedule = optim.EpochSchedule(
@@ -388,15 +381,14 @@ def _train(run, result_path):
         writer = tf.summary.create_file_writer(os.path.join(run.workdir, "tensorboard"))
     if resumed_from and spec.verbose:
         print(f"Resuming {run.workdir} at epoch {start_epoch + 1}, step {skip}")
-    val_attack = spec.eval_attack if spec.select_ra else None
-    val_data = data.eval_batches(splits, "val", spec.eval_batch_size, seed=spec.seed,
-                                 with_noise=val_attack is not None)
     with_noise = spec.attack is not None
     throughput = []
     for epoch in range(start_epoch, spec.epochs):
-        dataset = data.train_batches(splits, spec.batch_size, spec.seed, epoch,
-                                     skip_batches=skip, with_noise=with_noise)
-        iterator = iter(_distribute(strategy, dataset))
+        # Each input pipeline (one per worker) reads and decodes only its replicas' share.
+        iterator = iter(strategy.distribute_datasets_from_function(
+            lambda context, e=epoch, s=skip: pipeline.train_batches(
+                splits, spec.batch_size, spec.seed, e, skip_batches=s, with_noise=with_noise,
+                input_context=context)))
         bar = tf_keras.utils.Progbar(run.steps_per_epoch, verbose=spec.verbose,
                                      stateful_metrics=["loss", "acc", "img/s"])
         if skip:
@@ -441,7 +433,7 @@ def _train(run, result_path):
                   "sparsity": pruning_wrapper.model_sparsity(model)
                   if pruning_wrapper.wrappers(model) else 0.0}
         if epoch >= spec.eval_start_epoch or epoch == spec.epochs - 1:
-            val = run.val_evaluator(val_data)
+            val = run.val_evaluator(splits, "val", spec.eval_batch_size, spec.seed)
             record.update(val.as_dict("val_"))
             if val.sa > run.best_sa.numpy():
                 run.best_sa.assign(val.sa)
@@ -479,8 +471,6 @@ def _finish(run, history, throughput, result_path):
         best[which] = CheckpointResult(f"best_{which}", top["epoch"], top["val_sa"],
                                        top.get("val_ra"))
     if spec.test:
-        test_data = data.eval_batches(run.splits, "test", spec.eval_batch_size,
-                                      seed=spec.seed, with_noise=spec.eval_attack is not None)
         for which in ("sa", "ra"):
             if which == "ra" and best["ra"].epoch == best["sa"].epoch:
                 # Same checkpoint (same epoch): same numbers, no second evaluation.
@@ -488,7 +478,7 @@ def _finish(run, history, throughput, result_path):
                                                  test_ra=best["sa"].test_ra)
                 continue
             run.load_weights(which)
-            acc = run.evaluator(test_data)
+            acc = run.evaluator(run.splits, "test", spec.eval_batch_size, spec.seed)
             best[which] = dataclasses.replace(best[which], test_sa=acc.sa, test_ra=acc.ra)
         run.restore_latest()  # leave the final weights in the model
     result = TrainResult(

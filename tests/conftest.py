@@ -52,3 +52,58 @@ def mirrored_strategy():
 def bundled_cifar():
     """Root of the bundled real CIFAR-10 JPEG subset (ImageFolder layout)."""
     return BUNDLED_CIFAR
+
+
+# ------------------------------------------------------------- prepared TFDS datasets
+# Real TFDS preparations, offline, from original-format archives written from the
+# bundled images (tests/archives.py): the path users take with downloaded archives.
+
+def bundled_images(split, per_class, size=None):
+    """(uint8 images [N, 32, 32, 3] or JPEG bytes resized to `size`, labels), the first
+    `per_class` files of each class of the bundled CIFAR-10 JPEGs, class by class."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+    images, labels = [], []
+    root = os.path.join(BUNDLED_CIFAR, split)
+    for label, name in enumerate(sorted(os.listdir(root))):
+        for file in sorted(os.listdir(os.path.join(root, name)))[:per_class]:
+            image = Image.open(os.path.join(root, name, file)).convert("RGB")
+            if size:
+                buffer = __import__("io").BytesIO()
+                image.resize(size, Image.BICUBIC).save(buffer, format="JPEG", quality=90)
+                images.append(buffer.getvalue())
+            else:
+                images.append(np.asarray(image))
+            labels.append(label)
+    return (images if size else np.stack(images)), np.array(labels)
+
+
+@pytest.fixture(scope="session")
+def cifar10_archive(tmp_path_factory):
+    """A data_dir whose downloads/manual holds a cifar-10-binary.tar.gz of 100 training
+    (10 per class, class by class) and 50 test images; returns (data_dir, archive,
+    training images, test images)."""
+    import archives  # pylint: disable=import-outside-toplevel
+    data_dir = tmp_path_factory.mktemp("tfds_cifar10")
+    manual = data_dir / "downloads" / "manual"
+    manual.mkdir(parents=True)
+    train, train_labels = bundled_images("train", 10)
+    test, test_labels = bundled_images("test", 5)
+    path = archives.cifar10_binary(str(manual / "cifar-10-binary.tar.gz"), train, train_labels,
+                                   test, test_labels)
+    return str(data_dir), path, train, test
+
+
+@pytest.fixture(scope="session")
+def imagenet_archive(tmp_path_factory):
+    """A data_dir whose downloads/manual holds ImageNet's train and validation tars: 3
+    synsets x 4 JPEGs (bundled images at 80x64) and 5 validation JPEGs."""
+    import archives  # pylint: disable=import-outside-toplevel
+    data_dir = tmp_path_factory.mktemp("tfds_imagenet")
+    jpegs, labels = bundled_images("train", 4, size=(80, 64))
+    synsets = archives.imagenet_synsets(3)
+    train = {synset: [j for j, l in zip(jpegs, labels) if l == k]
+             for k, synset in enumerate(synsets)}
+    val, _ = bundled_images("test", 1, size=(72, 96))
+    archives.imagenet_tars(str(data_dir / "downloads" / "manual"), train, val[:5])
+    return str(data_dir), train, val[:5]

@@ -8,7 +8,7 @@ import tensorflow as tf
 import tf_keras
 from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
 
-from dwlt_tf import attacks, data, evaluate, models, pruning, pruning_wrapper, train
+from dwlt_tf import attacks, data, evaluate, models, pipeline, pruning, pruning_wrapper, train
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def bundled_cifar_module():
 
 
 def _batch(splits, n=100):
-    batch = next(iter(data.eval_batches(splits, "test", n, with_noise=True)))
+    batch = next(iter(pipeline.eval_batches(splits, "test", n, with_noise=True)))
     return batch["image"], batch["label"], batch["noise"]
 
 

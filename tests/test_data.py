@@ -1,4 +1,5 @@
 """Tests for dwlt_tf.data: reference splits, preprocessing, determinism, missing data."""
+import functools
 import os
 from unittest import mock
 
@@ -7,7 +8,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from dwlt_tf import data
+from dwlt_tf import data, pipeline, preprocess
 
 # Sizes of the real TFDS splits.
 _SIZES = {"cifar10": {"train": 50000, "test": 10000},
@@ -15,37 +16,61 @@ _SIZES = {"cifar10": {"train": 50000, "test": 10000},
           "svhn_cropped": {"train": 73257, "test": 26032}}
 
 
-def _fake_as_dataset(builder, split, **kwargs):
-    """Stand-in for TFDS's reader: real split sizes, TFDS-style ids, stored shuffled.
+@functools.lru_cache(maxsize=None)
+def _png(value):
+    image = np.zeros((32, 32, 3), np.uint8)
+    image[0, 0, 0] = value
+    return tf.io.encode_png(image).numpy()
+
+
+@functools.lru_cache(maxsize=None)
+def _fake_records(name, split, size=None):
+    """Stand-in for a TFDS ArrayRecord split: serialized examples with real sizes and
+    TFDS-style ids, stored shuffled (as TFDS stores them).
 
     The image encodes the original index (pixel [0, 0, 0] = index % 251) so tests can
-    check which examples a split holds.
+    check which examples a split holds. Returns (records, storage order).
     """
-    n = _SIZES[builder.name][split]
-    width = 6 if builder.name == "svhn_cropped" else 5
-    num_classes = builder.info.features["label"].num_classes
-    # TFDS stores examples in a shuffled order: mimic that with a fixed permutation.
-    order = np.random.RandomState(0).permutation(n)
+    n = size or _SIZES[name][split]
+    width = 6 if name == "svhn_cropped" else 5
+    num_classes = 100 if name == "cifar100" else 10
+    order = np.random.RandomState(0).permutation(n)  # storage position -> original index
+    records = []
+    for i in order:
+        feature = {
+            "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[_png(i % 251)])),
+            "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[i % num_classes])),
+            "id": tf.train.Feature(bytes_list=tf.train.BytesList(
+                value=[f"{split}_{i:0{width}d}".encode()]))}
+        records.append(tf.train.Example(features=tf.train.Features(feature=feature))
+                       .SerializeToString())
+    return records, order
 
-    def make(i):
-        pixel = tf.cast(i % 251, tf.uint8)
-        image = tf.pad(tf.reshape(pixel, (1, 1, 1)), [[0, 31], [0, 31], [0, 2]])
-        return {"id": tf.strings.join([f"{split}_", tf.strings.as_string(i, width=width,
-                                                                          fill="0")]),
-                "image": image, "label": i % num_classes}
-    return tf.data.Dataset.from_tensor_slices(order).map(make)
+
+class _FakeSource(list):
+    def __getitems__(self, keys):
+        return [self[k] for k in keys]
+
+
+def _mocked_tfds(sizes=None):
+    def as_data_source(builder, split, **kwargs):
+        del kwargs
+        return _FakeSource(_fake_records(builder.name, split, (sizes or {}).get(split))[0])
+    return mock.patch.multiple(tfds.core.DatasetBuilder, as_data_source=as_data_source,
+                               is_prepared=lambda self: True)
 
 
 @pytest.fixture
 def mock_tfds():
-    with tfds.testing.mock_data(as_dataset_fn=_fake_as_dataset), mock.patch.object(
-            tfds.core.DatasetBuilder, "is_prepared", return_value=True):
+    with _mocked_tfds():
         yield
 
 
-def _indices(ds):
-    batches = ds.map(lambda ex: ex["index"]).batch(100_000).as_numpy_iterator()
-    return np.sort(np.concatenate(list(batches)))
+def _originals(splits, split):
+    """Original indices of a split's examples, read through the pipeline (pixel codes)."""
+    images = np.concatenate([b["image"].numpy()[:, 0, 0, 0] for b in
+                             pipeline.eval_batches(splits, split, 1000)])
+    return np.rint(images * 255).astype(int)
 
 
 @pytest.mark.parametrize("name,pool,val_end,rate", [
@@ -58,10 +83,13 @@ def test_reference_splits_and_data_rate(mock_tfds, tmp_path, name, pool, val_end
     assert splits.num_train == int(pool * rate)
     assert splits.num_val == val_end - pool
     # The training set is the first int(pool * rate) images in original order.
-    np.testing.assert_array_equal(_indices(splits.train), np.arange(int(pool * rate)))
-    if rate == 0.01:  # full pass over the bigger splits once is enough
-        np.testing.assert_array_equal(_indices(splits.val), np.arange(pool, val_end))
-        assert len(_indices(splits.test)) == splits.num_test
+    _, order = _fake_records(data.DATASETS[name].tfds_name, "train")
+    np.testing.assert_array_equal(order[splits.train.positions], np.arange(int(pool * rate)))
+    np.testing.assert_array_equal(order[splits.val.positions], np.arange(pool, val_end))
+    assert splits.num_test == _SIZES[data.DATASETS[name].tfds_name]["test"]
+    if rate == 0.01:  # and the pipeline reads exactly those images
+        np.testing.assert_array_equal(_originals(splits, "train"),
+                                      np.arange(int(pool * rate)) % 251)
     assert splits.num_classes == (100 if name == "cifar100" else 10)
 
 
@@ -102,32 +130,40 @@ def test_image_folder_on_bundled_real_images(bundled_cifar):
     splits = data.load(spec)
     assert splits.class_names[:3] == ["airplane", "automobile", "bird"]
     assert (splits.num_train, splits.num_val, splits.num_test) == (1800, 200, 1000)
-    batch = next(iter(data.eval_batches(splits, "test", 16)))
+    batch = next(iter(pipeline.eval_batches(splits, "test", 16)))
     assert batch["image"].shape == (16, 32, 32, 3) and batch["image"].dtype == tf.float32
     assert 0.0 <= float(tf.reduce_min(batch["image"])) and float(tf.reduce_max(batch["image"])) <= 1.0
     assert float(tf.reduce_mean(batch["image"])) > 0.2  # real pixels, not zeros
     assert splits.spec.mean_std == data.STATS["cifar10"]
 
 
+def _labels(splits, split):
+    return np.concatenate([b["label"].numpy() for b in pipeline.eval_batches(splits, split, 1000)])
+
+
 def test_image_folder_data_rate_is_per_class(bundled_cifar):
     splits = data.load(data.DataSpec("imagefolder", path=bundled_cifar, image_size=32,
                                      augment="cifar", data_rate=0.1))
-    labels = [ex["label"] for ex in splits.train.as_numpy_iterator()]
-    assert np.bincount(labels).tolist() == [18] * 10
+    assert np.bincount(_labels(splits, "train")).tolist() == [18] * 10
+    # Validation holds the last 10 % of each class's files sorted by name; training
+    # takes the first files of the rest.
+    val_files = {os.path.basename(splits.val.table.paths[p]) for p in splits.val.positions}
+    assert val_files == {f"{i:04d}.jpg" for i in range(180, 200)}
+    train_files = {os.path.basename(splits.train.table.paths[p]) for p in splits.train.positions}
+    assert train_files == {f"{i:04d}.jpg" for i in range(18)}
 
 
 def test_class_subset_relabels(bundled_cifar):
     splits = data.load(data.DataSpec("imagefolder", path=bundled_cifar, image_size=32,
                                      augment="cifar", classes=(5, 6, 7, 8, 9)))
     assert splits.num_classes == 5 and splits.class_names[0] == "dog"
-    labels = {int(ex["label"]) for ex in splits.test.as_numpy_iterator()}
-    assert labels == {0, 1, 2, 3, 4}
+    assert set(_labels(splits, "test").tolist()) == {0, 1, 2, 3, 4}
     assert splits.num_test == 500
 
 
-def _epoch(splits, **kwargs):
+def _epoch(splits, batch_size=32, **kwargs):
     return [{k: v.numpy() for k, v in b.items()}
-            for b in data.train_batches(splits, batch_size=32, seed=3, **kwargs)]
+            for b in pipeline.train_batches(splits, batch_size=batch_size, seed=3, **kwargs)]
 
 
 def test_training_batches_are_deterministic_and_resumable(bundled_cifar):
@@ -153,21 +189,20 @@ def test_training_batches_are_deterministic_and_resumable(bundled_cifar):
 
 
 def test_imagenet_preprocessing_sizes():
-    spec = data.DataSpec("imagefolder", path="/unused", image_size=224, augment="imagenet")
     image = tf.cast(tf.random.uniform((300, 400, 3), 0, 255), tf.uint8)
-    train = data._augment_train(image, spec, tf.constant([1, 2], tf.int64))
-    assert train.shape == (224, 224, 3)
-    evaluation = data._preprocess_eval(image, spec)
-    assert evaluation.shape == (224, 224, 3)
-    # Resize(256) then CenterCrop(224) of a 300x400 image keeps its central region.
-    small = data._preprocess_eval(tf.zeros((32, 32, 3), tf.uint8), spec)
+    for encoded in (tf.io.encode_jpeg(image), tf.io.encode_png(image)):
+        train = preprocess.train_imagenet(encoded, "x", 224, tf.constant([1, 2], tf.int64))
+        assert train.shape == (224, 224, 3)
+        assert preprocess.eval_imagenet(encoded, "x", 224).shape == (224, 224, 3)
+    # Resize(256) then CenterCrop(224) of an image smaller than 224.
+    small = preprocess.for_eval(tf.zeros((32, 32, 3), tf.uint8), 224, "imagenet")
     assert small.shape == (224, 224, 3)
 
 
-def test_split_smaller_than_the_reference_splits_is_named(mock_tfds, tmp_path):
-    with mock.patch.object(data, "_split_size", return_value=30000):
-        with pytest.raises(data.DatasetError, match=r"'cifar10' split 'train' .* has 30000 examples; "
-                                             r"the reference splits need 50000"):
+def test_split_smaller_than_the_reference_splits_is_named(tmp_path):
+    with _mocked_tfds({"train": 30000}):
+        with pytest.raises(data.DatasetError, match=r"'cifar10' split 'train' .* has 30000 "
+                                                    r"examples; the reference splits need 50000"):
             data.load(data.DataSpec("cifar10", data_dir=str(tmp_path), image_size=32,
                                     augment="cifar"))
 
@@ -198,3 +233,27 @@ def test_a_damaged_image_fails_naming_its_file(tmp_path):
     (root / "test" / "png" / "cifar10_00_3.png").write_bytes(b"")
     with pytest.raises(data.CorruptImageError, match=r"test/png/cifar10_00_3\.png' is damaged"):
         evaluate.evaluate(model, data.load(spec), "test", 8, attack=None)
+
+
+@pytest.mark.parametrize("data_rate,batch_size,pipelines,replicas", [
+    (0.2, 64, 1, 2), (0.2, 64, 2, 2), (0.2, 64, 2, 4),
+    (0.03, 16, 2, 4)])  # 50 examples: the last step's 2 go to 2 of 4 replicas
+def test_per_replica_shares_are_disjoint_and_make_up_the_global_batches(
+        bundled_cifar, data_rate, batch_size, pipelines, replicas):
+    splits = data.load(data.DataSpec("imagefolder", path=bundled_cifar, image_size=32,
+                                     augment="cifar", data_rate=data_rate))
+    whole = _epoch(splits, epoch=1, batch_size=batch_size, with_noise=True)
+    local = replicas // pipelines
+    shares = [_epoch(splits, epoch=1, batch_size=batch_size, with_noise=True,
+                     input_context=tf.distribute.InputContext(pipelines, p, replicas))
+              for p in range(pipelines)]
+    read = [np.concatenate([b["index"] for b in share]) for share in shares]
+    for a in range(pipelines):  # each pipeline reads its own examples only
+        for b in range(a + 1, pipelines):
+            assert not set(read[a]) & set(read[b])
+    for step, batch in enumerate(whole):
+        parts = [shares[p][step * local + r] for p in range(pipelines) for r in range(local)]
+        for key in batch:
+            np.testing.assert_array_equal(np.concatenate([part[key] for part in parts]),
+                                          batch[key])
+    assert all(len(share) == len(whole) * local for share in shares)

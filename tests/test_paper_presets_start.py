@@ -3,18 +3,18 @@
 Full-scale runs are for GPUs; here the paper's configs run a few steps with only the
 sizes shrunk (batch, image side, epochs, dataset size): a robustness-library ResNet-50
 checkpoint is converted, adversarial IMP (configs/imp.py:imagenet_adv, PGD-3) finds a
-ticket on mocked TFDS `imagenet2012`, and adversarial transfer
-(configs/transfer.py:adv_cifar10, PGD-10 training, PGD-20 evaluation) trains the ticket
-on mocked TFDS `cifar10` with the reference splits.
+ticket on TFDS `imagenet2012` prepared offline from ImageNet-format tars, and
+adversarial transfer (configs/transfer.py:adv_cifar10, PGD-10 training, PGD-20
+evaluation) trains the ticket on TFDS `cifar10` prepared from a CIFAR-10 binary
+archive, with the reference splits scaled to its 8 training images.
 """
+import dataclasses
 from unittest import mock
 
-import numpy as np
 import pytest
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
-from conftest import load_config
+import archives
+from conftest import bundled_images, load_config
 from dwlt_tf import config as cfg
 from dwlt_tf import convert, data, imp, pruning, pruning_wrapper, tickets, transfer
 from test_convert import _torch_model, _write
@@ -29,17 +29,20 @@ def _shrink(config, data_dir, image_size):
     return config
 
 
-def _cifar10_as_dataset(builder, split, **kwargs):
-    """Eight CIFAR-10 examples whose TFDS ids put four in the reference's training pool
-    (original index < 45000) and four in its validation range (45000-49999)."""
-    if split == "train":
-        ids = [f"train_{i:05d}" for i in (3, 0, 45001, 2, 45000, 1, 45003, 45002)]
-    else:
-        ids = [f"test_{i:05d}" for i in range(4)]
-    rng = np.random.default_rng(len(ids))
-    images = rng.integers(0, 256, (len(ids), 32, 32, 3), dtype=np.uint8)
-    return tf.data.Dataset.from_tensor_slices(
-        {"id": ids, "image": images, "label": np.arange(len(ids)) % 10})
+@pytest.fixture
+def tiny_cifar10(tmp_path):
+    """TFDS cifar10 prepared from a binary archive of 8 training and 2 test images, with
+    the reference rule (validation = the original order's tail) at that size: training
+    = images 0-3, validation = 4-7."""
+    manual = tmp_path / "tfds" / "downloads" / "manual"
+    manual.mkdir(parents=True)
+    images, labels = bundled_images("train", 1)
+    archive = archives.cifar10_binary(str(manual / "cifar-10-binary.tar.gz"), images[:8],
+                                      labels[:8], images[8:], labels[8:])
+    layout = dataclasses.replace(data.DATASETS["cifar10"], val_start=4, val_end=8)
+    with archives.register_checksums("cifar10", {archives.CIFAR10_URL: archive}), \
+            mock.patch.dict(data.DATASETS, {"cifar10": layout}):
+        yield str(tmp_path / "tfds")
 
 
 @pytest.fixture(scope="module")
@@ -58,18 +61,17 @@ SIZES = [64, pytest.param(224, marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize("image_size", SIZES)
-def test_adversarial_imp_preset_starts_on_imagenet(robust_resnet50, tmp_path, image_size):
-    config = _shrink(load_config("imp", "imagenet_adv"), str(tmp_path / "tfds"), image_size)
+def test_adversarial_imp_preset_starts_on_imagenet(robust_resnet50, imagenet_archive, tmp_path,
+                                                   image_size):
+    config = _shrink(load_config("imp", "imagenet_adv"), imagenet_archive[0], image_size)
     config.imp.rounds = 2  # round 1 prunes theta0; round 2 trains first
     spec, imp_spec = cfg.train_spec(config.train), cfg.imp_spec(config.imp)
     assert (spec.mode, spec.attack.steps, spec.lr, spec.weight_decay) == ("pgd", 3, 5e-4, 1e-4)
-    with tfds.testing.mock_data(num_examples=8), mock.patch.object(
-            tfds.core.DatasetBuilder, "is_prepared", return_value=True):
-        splits = data.load(cfg.data_spec(config.dataset))
-        paths = imp.run(lambda: convert.load_converted(robust_resnet50).model, splits, spec,
-                        imp_spec, str(tmp_path / "imp"),
-                        pretrained=convert.weights_identity(convert.load_meta(robust_resnet50)))
-    assert splits.num_classes == 1000 and splits.num_train == 8
+    splits = data.load(cfg.data_spec(config.dataset))
+    paths = imp.run(lambda: convert.load_converted(robust_resnet50).model, splits, spec,
+                    imp_spec, str(tmp_path / "imp"),
+                    pretrained=convert.weights_identity(convert.load_meta(robust_resnet50)))
+    assert splits.num_classes == 1000 and splits.num_train == 12
     masks, meta = tickets.load(paths[1])
     assert len(masks) == 53  # every conv of ResNet-50, conv1 and downsamples included
     total = sum(m.size for m in masks.values())
@@ -80,21 +82,20 @@ def test_adversarial_imp_preset_starts_on_imagenet(robust_resnet50, tmp_path, im
 
 
 @pytest.mark.parametrize("image_size", [32] + SIZES[1:])
-def test_adversarial_transfer_preset_starts_on_cifar10(robust_resnet50, tmp_path, image_size):
+def test_adversarial_transfer_preset_starts_on_cifar10(robust_resnet50, tiny_cifar10, tmp_path,
+                                                       image_size):
     kernels = pruning_wrapper.get_kernels(pruning_wrapper.wrap(
         convert.load_converted(robust_resnet50).model))
     ticket = tickets.save(str(tmp_path / "ticket"),
                           pruning.one_shot_magnitude_masks(kernels, 0.8),
                           {"source_sha256": convert.load_meta(robust_resnet50)["source_sha256"]})
-    config = _shrink(load_config("transfer", "adv_cifar10"), str(tmp_path / "tfds"), image_size)
+    config = _shrink(load_config("transfer", "adv_cifar10"), tiny_cifar10, image_size)
     spec = cfg.train_spec(config.train)
     assert (spec.attack.steps, spec.eval_attack.steps, spec.lr) == (10, 20, 0.1)
-    with tfds.testing.mock_data(as_dataset_fn=_cifar10_as_dataset), mock.patch.object(
-            tfds.core.DatasetBuilder, "is_prepared", return_value=True):
-        dataset = cfg.data_spec(config.dataset)
-        result = transfer.run(robust_resnet50, ticket, dataset, spec, str(tmp_path / "run"))
-        splits = data.load(dataset)
-    assert (splits.num_train, splits.num_val, splits.num_test) == (4, 4, 4)
+    dataset = cfg.data_spec(config.dataset)
+    result = transfer.run(robust_resnet50, ticket, dataset, spec, str(tmp_path / "run"))
+    splits = data.load(dataset)
+    assert (splits.num_train, splits.num_val, splits.num_test) == (4, 4, 2)
     model, provenance, _ = transfer.load_best(transfer.open_run(str(tmp_path / "run")), "ra",
                                               splits)
     assert provenance["ticket_matches_pretrained"] is True

@@ -154,8 +154,8 @@ def test_bad_runs_fail_before_any_work(tmp_path, splits):
                   mirrored_strategy())
     with pytest.raises(ValueError, match="eps must be a float in"):
         train.TrainSpec(mode="pgd", attack=attacks.Attack(2.0, 0.1, 3))
-    empty = data.Splits(splits.train.take(0), splits.val, splits.test, 0, splits.num_val,
-                        splits.num_test, 5, splits.class_names, splits.spec)
+    empty = dataclasses.replace(splits, train=data.Split(splits.train.table,
+                                                          splits.train.positions[:0]))
     with pytest.raises(ValueError, match="training split is empty"):
         train.fit(_model_fn(splits), empty, train.TrainSpec(verbose=0), str(tmp_path / "b"))
     assert not os.path.exists(tmp_path / "a" / "checkpoints")
@@ -232,7 +232,8 @@ def test_two_worker_multi_worker_mirrored_strategy(tmp_path):
     for index in range(2):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         procs.append(_run_worker(tmp_path, "--strategy=multi_worker", "--epochs=1",
-                                 "--data_rate=0.1", env={"TF_CONFIG": tf_config}, wait=False,
+                                 "--data_rate=0.1", "--record_indices",
+                                 env={"TF_CONFIG": tf_config}, wait=False,
                                  log=f"worker-{index}.log"))
     for proc in procs:
         _wait(proc)
@@ -241,6 +242,15 @@ def test_two_worker_multi_worker_mirrored_strategy(tmp_path):
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     assert (tmp_path / train.RESULT_FILE).exists()
     assert not any(name.startswith(".worker-") for name in os.listdir(tmp_path))
+    # Each worker read a disjoint half of the epoch; together, exactly the epoch.
+    num_train = len(data.load(data.DataSpec("imagefolder", path=BUNDLED_CIFAR, image_size=32,
+                                            augment="cifar", classes=(0, 1, 2, 3, 4),
+                                            data_rate=0.1)).train)
+    read = [sorted(i for _, batch in json.load(open(tmp_path / f"indices-worker-{w}.json"))
+                   for i in batch) for w in (0, 1)]
+    assert not set(read[0]) & set(read[1])
+    assert sorted(read[0] + read[1]) == list(range(num_train))
+    assert abs(len(read[0]) - len(read[1])) <= 1
 
 
 @pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])

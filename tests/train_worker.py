@@ -12,7 +12,7 @@ import sys
 from absl import app, flags
 
 import dwlt_tf  # noqa: F401
-from dwlt_tf import attacks, data, models, pruning, pruning_wrapper, runtime, train
+from dwlt_tf import attacks, data, models, pipeline, pruning, pruning_wrapper, runtime, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Run directory.")
@@ -23,6 +23,8 @@ flags.DEFINE_float("data_rate", 0.15, "Training data rate.")
 flags.DEFINE_integer("checkpoint_every_steps", 2, "Step checkpoints.")
 flags.DEFINE_enum("strategy", "default", list(runtime.STRATEGIES), "Distribution strategy.")
 flags.DEFINE_integer("slow_ms", 0, "Sleep per step (gives a test time to kill us).")
+flags.DEFINE_bool("record_indices", False, "Write the training examples this process read "
+                                           "to <workdir>/indices-<task>.json.")
 
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data",
                     "cifar10_jpeg_small")
@@ -45,6 +47,23 @@ def main(argv):
         pruning_wrapper.set_masks(model, pruning.global_magnitude_masks(
             pruning_wrapper.get_kernels(model), None, 0.5))
         return model
+
+    consumed = []
+    if FLAGS.record_indices:
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+        original_batches = pipeline.train_batches
+
+        def recording(*args, **kwargs):
+            epoch = kwargs.get("epoch", args[3] if len(args) > 3 else None)
+
+            def note(batch):
+                noted = tf.py_function(
+                    lambda index: consumed.append([int(epoch), index.numpy().tolist()]) or 0,
+                    [batch["index"]], tf.int32)
+                with tf.control_dependencies([noted]):
+                    return tf.nest.map_structure(tf.identity, batch)
+            return original_batches(*args, **kwargs).map(note)
+        pipeline.train_batches = recording
 
     if FLAGS.slow_ms:
         import time  # pylint: disable=import-outside-toplevel
@@ -71,6 +90,12 @@ def main(argv):
     if resolver is not None and resolver.task_type:
         name = f"final-{resolver.task_type}-{resolver.task_id}.npz"
     np.savez(os.path.join(FLAGS.workdir, name), **arrays)
+    if FLAGS.record_indices:
+        import json  # pylint: disable=import-outside-toplevel
+        suffix = f"-{resolver.task_type}-{resolver.task_id}" if resolver is not None and \
+            resolver.task_type else ""
+        with open(os.path.join(FLAGS.workdir, f"indices{suffix}.json"), "w") as f:
+            json.dump(consumed, f)
     print("done", result.best_sa, file=sys.stderr)
 
 
