@@ -5,6 +5,7 @@ import glob
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import warnings
@@ -14,7 +15,7 @@ import pytest
 
 from conftest import BUNDLED_CIFAR, REPO, load_config
 from dwlt_tf import config as cfg
-from dwlt_tf import data, report, study, train, transfer
+from dwlt_tf import convert, data, pipeline, report, study, tickets, train, transfer
 
 
 # ----------------------------------------------------------------- paper presets
@@ -230,7 +231,7 @@ def test_exported_ticket_json_describes_the_exported_checkpoint(tiny_study):
     served = tf.saved_model.load(export_dir).signatures["serving_default"]
     splits = data.load(transfer.open_run(info["source_run"]["path"]).dataset)
     correct = total = 0
-    for batch in data.eval_batches(splits, "test", 250):
+    for batch in pipeline.eval_batches(splits, "test", 250):
         predicted = served(images=batch["image"])["classes"].numpy()
         correct += int((predicted == batch["label"].numpy()).sum())
         total += len(predicted)
@@ -367,3 +368,54 @@ def test_transfer_records_and_warns_when_ticket_and_weights_differ(tiny_study, t
         warnings.simplefilter("error")  # the matching pair is silent
         with pytest.raises(data.DatasetNotFoundError):
             transfer.run(pretrained, ticket, missing, train.TrainSpec(), str(tmp_path / "t"))
+
+
+def _nothing_half_written(workdir):
+    """Every file and directory under its real name is complete (scratch is hidden)."""
+    for dirpath, dirnames, filenames in os.walk(workdir):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if name.endswith(".json") and not name.startswith("."):
+                with open(os.path.join(dirpath, name)) as f:
+                    json.load(f)
+        parent, name = os.path.split(dirpath)
+        if os.path.basename(parent) == "tickets":
+            tickets.load(dirpath)
+        elif name == "weights":
+            convert.load_converted(dirpath)
+        elif os.path.basename(parent) == "export" and name.isdigit():
+            for part in ("saved_model.pb", "variables/variables.index", "assets/ticket.json"):
+                assert os.path.isfile(os.path.join(dirpath, part)), (dirpath, part)
+
+
+def test_study_killed_anywhere_resumes_to_an_uninterrupted_runs_results(tiny_study, tmp_path):
+    reference, _, _ = tiny_study
+    workdir = tmp_path / "study"
+    worker = [sys.executable, os.path.join(REPO, "tests", "study_worker.py"),
+              f"--workdir={workdir}"]
+    for kill_at, after in (("pretrain", 3), ("imp", 3), ("after_cell", 2), ("export", 1)):
+        out = subprocess.run(worker + [f"--kill_at={kill_at}", f"--kill_after={after}"],
+                             cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert out.returncode == -signal.SIGKILL, (kill_at, out.stderr[-3000:])
+        _nothing_half_written(workdir)
+    assert not os.path.exists(workdir / "export" / "1")  # killed before the rename
+    out = subprocess.run(worker, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    _nothing_half_written(workdir)
+    assert (workdir / "results.csv").read_text() == open(
+        os.path.join(reference, "results.csv")).read()
+    # The report's tables too (its export sentence depends on the workdir's history).
+    ours, theirs = ((workdir / "report.md").read_text(),
+                    open(os.path.join(reference, "report.md")).read())
+    assert ours.split("## Export")[0] == theirs.split("## Export")[0]
+    assert "to `export/1`." in ours
+    ours, theirs = (json.load(open(os.path.join(d, "export", "1", "assets", "ticket.json")))
+                    for d in (workdir, reference))
+    for key in ("test_sa", "test_ra", "sparsity", "layer_sparsity", "checkpoint"):
+        assert ours[key] == theirs[key], key
+    assert ours["source_run"]["key"] == theirs["source_run"]["key"]
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    kernels = [tf.saved_model.load(os.path.join(d, "export", "1")).conv_kernels
+               for d in (workdir, reference)]
+    for a, b in zip(*kernels):
+        assert (a.numpy() == b.numpy()).all(), a.name
