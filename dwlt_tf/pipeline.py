@@ -93,6 +93,7 @@ def _per_replica_batches(num_examples, batch_size, first_step, input_context, ma
         dataset = dataset.concatenate(part)
     options = tf.data.Options()
     options.deterministic = True
+    options.experimental_optimization.map_fusion = True  # read + decode in one stage
     # Sharded here, before reading: tf.distribute must not shard again.
     options.experimental_distribute.auto_shard_policy = (
         tf.data.experimental.AutoShardPolicy.OFF)

@@ -129,12 +129,28 @@ def _flip(image, seed):
     return tf.image.stateless_random_flip_left_right(image, seed=seed + [0, 2])
 
 
+def resize_bilinear(image, size):
+    """PIL's (torchvision's) bilinear resize: antialiased when shrinking.
+
+    When neither side shrinks the antialiasing kernel is plain bilinear interpolation,
+    and the much faster plain kernel gives the same pixels (to float rounding).
+    """
+    hw = tf.shape(image)[:2]
+    shrinks = tf.reduce_any(hw > size)
+    image = _to_float(image)
+    resized = tf.cond(
+        shrinks,
+        lambda: tf.image.resize(image, (size, size), method="bilinear", antialias=True),
+        lambda: tf.image.resize(image, (size, size), method="bilinear", antialias=False))
+    resized.set_shape([size, size, 3])
+    return resized
+
+
 def train_imagenet(encoded, name, size, seed):
     """RandomResizedCrop(size) + RandomHorizontalFlip, decoding only the crop."""
     shape = image_shape(encoded)
     box = random_resized_crop_box(shape[0], shape[1], seed)
-    crop = decode_window(encoded, name, box)
-    image = tf.image.resize(_to_float(crop), (size, size), method="bilinear", antialias=True)
+    image = resize_bilinear(decode_window(encoded, name, box), size)
     return tf.clip_by_value(_flip(image, seed), 0.0, 1.0)
 
 

@@ -4,8 +4,9 @@ r"""Exports a transferred ticket (or dense model) as a TF Serving SavedModel.
 
 --checkpoint is a finished transfer run's workdir (trainers/transfer.py or a study
 cell); its best-RA weights are exported by default, after checking that the run's
-weights, ticket and data on disk are still the ones it was trained with. Writes <export_dir>/<version>/ (never
-overwritten) with assets/ticket.json; prints the SavedModel's size and gzip size.
+weights, ticket and data on disk are still the ones it was trained with. Writes
+<export_dir>/<version>/ (never overwritten) with assets/ticket.json; prints the
+SavedModel's size and gzip size.
 """
 from absl import app, flags
 
