@@ -74,7 +74,7 @@ def get_config(variant="std_cifar10"):
                                  eval_attack={"eps": 8 / 255, "step_size": 2 / 255,
                                               "steps": 10}))
     else:
-        regime, name = variant.split("_", 1)
+        regime, _, name = variant.partition("_")
         if regime not in ("std", "adv") or name not in DATASETS:
             raise ValueError(f"Unknown variant {variant!r}: use std_<dataset>, "
                              f"adv_<dataset> (dataset in {DATASETS}) or local")

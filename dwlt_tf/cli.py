@@ -44,9 +44,13 @@ def parse_flags(argv):
     absl raises flags.Error for unknown or missing flags. All are the user's input.
     """
     try:
-        return flags.FLAGS(argv)
+        args = flags.FLAGS(argv)
     except flags.Error as e:
-        fail(f"{e} (--helpfull lists the flags)")
+        text = str(e)
+        if "Traceback" in text:  # a config file that raised: its own message is the news
+            lines = [line for line in text.splitlines() if line.strip()]
+            text = f"{lines[0]} {lines[-1]}"
+        fail(f"{text} (--helpfull lists the flags)")
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         text = str(e)
         try:  # ml_collections wraps its KeyError's text in quotes, escaped
@@ -57,7 +61,15 @@ def parse_flags(argv):
         if isinstance(e, (AttributeError, KeyError)):
             text = f"unknown key {text}"
         override = next((a for a in argv[1:] if a.startswith("--config.")), None)
-        fail(f"bad config override{' ' + override if override else ''}: {text}")
+        fail(f"bad --config{' override ' + override if override else ''}: {text}")
+    # ml_collections defers a config file that cannot be loaded to its first use.
+    if "config" in flags.FLAGS:
+        try:
+            flags.FLAGS.config.keys()
+        except OSError as e:
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+            fail(f"--config: {lines[-1] if lines else e}")
+    return args
 
 
 def define_common_flags(overwrite=True):

@@ -217,14 +217,17 @@ class _Files:
         self.paths = list(paths)
         self.labels = np.asarray(labels, np.int64)
         self.name = name
+        self._tensors = None
 
     def __len__(self):
         return len(self.paths)
 
     def read(self, items):
         """Adds "encoded", "label" and "name" (the path) to items {"index", "position"}."""
-        paths = tf.constant(self.paths or [""], tf.string)
-        labels = tf.constant(self.labels if len(self.labels) else [0], tf.int64)
+        if self._tensors is None:  # built once: every epoch's pipeline reads the same table
+            self._tensors = (tf.constant(self.paths or [""], tf.string),
+                             tf.constant(self.labels if len(self.labels) else [0], tf.int64))
+        paths, labels = self._tensors
 
         def fetch(item):
             path = tf.gather(paths, item["position"])

@@ -18,7 +18,6 @@ sha256 of archives it would otherwise expect to download (tests never change the
 installed package's checksum files).
 """
 import contextlib
-import hashlib
 import io
 import os
 import tarfile
@@ -26,6 +25,8 @@ from unittest import mock
 
 import numpy as np
 import tensorflow_datasets as tfds
+
+from dwlt_tf import convert
 
 CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                  "ship", "truck")
@@ -95,19 +96,12 @@ def imagenet_synsets(count):
         return f.read().split()[:count]
 
 
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 @contextlib.contextmanager
 def register_checksums(tfds_name, files):
     """Within the block, TFDS's `tfds_name` expects {url: local archive} (size, sha256)."""
     infos = {url: tfds.core.download.checksums.UrlInfo(
-        size=os.path.getsize(path), checksum=_sha256(path), filename=os.path.basename(path))
+        size=os.path.getsize(path), checksum=convert.file_sha256(path),
+        filename=os.path.basename(path))
         for url, path in files.items()}
     with mock.patch.object(tfds.builder_cls(tfds_name), "url_infos", infos):
         yield

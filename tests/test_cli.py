@@ -42,9 +42,13 @@ def test_unknown_config_key_and_bad_flag_values_are_one_line(tmp_path):
                "--config.train.lrr=0.1")
     assert out.returncode == 2, out.stderr[-2000:]
     last = out.stderr.strip().splitlines()[-1]  # (TensorFlow's start-up log lines precede it)
-    assert last == ("transfer: error: bad config override --config.train.lrr=0.1: unknown key "
-                    "'lrr' Did you mean \"lr\" instead of \"lrr\"?")
+    assert last == ("transfer: error: bad --config override --config.train.lrr=0.1: unknown "
+                    "key 'lrr' Did you mean \"lr\" instead of \"lrr\"?")
     assert "Traceback" not in out.stderr
+    out = _run("trainers/imp.py", "--config=configs/nope.py", f"--pretrained={tmp_path}",
+               f"--workdir={tmp_path / 'w'}")
+    assert out.returncode == 2 and out.stderr.strip().splitlines()[-1] == (
+        "imp: error: --config: [Errno 2] No such file or directory: 'configs/nope.py'")
     out = _run("trainers/convert_weights.py", f"--checkpoint={tmp_path / 'x.pth'}",
                f"--output={tmp_path / 'out'}", "--mean=0.5,abc,0.5", "--std=1,1,1")
     assert out.returncode == 2 and "--mean=0.5,abc,0.5: give 3 comma-separated numbers" \
