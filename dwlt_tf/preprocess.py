@@ -129,28 +129,30 @@ def _flip(image, seed):
     return tf.image.stateless_random_flip_left_right(image, seed=seed + [0, 2])
 
 
-def resize_bilinear(image, size):
-    """PIL's (torchvision's) bilinear resize: antialiased when shrinking.
+def resize_bilinear(image, height, width):
+    """PIL's (torchvision's) bilinear resize of uint8 [H, W, 3] to float32 [0, 1]:
+    antialiased when shrinking.
 
     When neither side shrinks the antialiasing kernel is plain bilinear interpolation,
     and the much faster plain kernel gives the same pixels (to float rounding).
     """
     hw = tf.shape(image)[:2]
-    shrinks = tf.reduce_any(hw > size)
-    image = _to_float(image)
+    shrinks = tf.logical_or(hw[0] > height, hw[1] > width)
+    target = tf.stack([height, width])
+    # uint8 in, [0, 255] floats out: scaling the (smaller) output costs less.
     resized = tf.cond(
         shrinks,
-        lambda: tf.image.resize(image, (size, size), method="bilinear", antialias=True),
-        lambda: tf.image.resize(image, (size, size), method="bilinear", antialias=False))
-    resized.set_shape([size, size, 3])
-    return resized
+        lambda: tf.image.resize(image, target, method="bilinear", antialias=True),
+        lambda: tf.image.resize(image, target, method="bilinear", antialias=False))
+    return resized / 255.0
 
 
 def train_imagenet(encoded, name, size, seed):
     """RandomResizedCrop(size) + RandomHorizontalFlip, decoding only the crop."""
     shape = image_shape(encoded)
     box = random_resized_crop_box(shape[0], shape[1], seed)
-    image = resize_bilinear(decode_window(encoded, name, box), size)
+    image = resize_bilinear(decode_window(encoded, name, box), size, size)
+    image.set_shape([size, size, 3])
     return tf.clip_by_value(_flip(image, seed), 0.0, 1.0)
 
 
@@ -166,8 +168,7 @@ def resize_center_crop(image, size):
         return tf.cast(tf.floor(ratio), tf.int32)
     new_h = tf.where(w <= h, longer(h, w), short)
     new_w = tf.where(w <= h, short, longer(w, h))
-    resized = tf.image.resize(_to_float(image), tf.stack([new_h, new_w]), method="bilinear",
-                              antialias=True)
+    resized = resize_bilinear(image, new_h, new_w)
     top = tf.cast(tf.round(tf.cast(new_h - size, tf.float32) / 2.0), tf.int32)
     left = tf.cast(tf.round(tf.cast(new_w - size, tf.float32) / 2.0), tf.int32)
     return tf.clip_by_value(tf.slice(resized, [top, left, 0], [size, size, 3]), 0.0, 1.0)
