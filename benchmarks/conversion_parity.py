@@ -67,9 +67,11 @@ def main():
                 path = os.path.join(tmp, f"{arch}-{fmt}.pth")
                 torch.save(_checkpoint(fmt, model), path)
                 start = time.perf_counter()
-                keras_model = convert.keras_resnet_from_torch(path, arch, stem)
-                seconds = time.perf_counter() - start
                 normalizer = NORM if fmt in ("robustness", "double_win_ticket") else imagenet
+                # (10-class checkpoints without a normalizer need it given explicitly)
+                given = () if fmt in ("robustness", "double_win_ticket") else imagenet
+                keras_model = convert.keras_resnet_from_torch(path, arch, stem, *given)
+                seconds = time.perf_counter() - start
                 for size in sizes:
                     images = np.random.default_rng(1).random((4, size, size, 3), np.float32)
                     ref = _torch_logits(model, images, normalizer)

@@ -5,7 +5,11 @@ The reference (script/imp_pretrain/imp_{std,adv}.sh, main_std.py / main_adv.py) 
 30 epochs per round on ImageNet with SGD lr 0.0005 (constant), momentum 0.9, weight
 decay 1e-4, batch 2048, rewinds to the pre-trained weights (BatchNorm included) after
 every round, and -- for adversarial IMP -- trains with PGD-3 (eps 8/255, step
-16/(3*255)). 570 epochs = 19 rounds: tickets 1..20 at sparsity 1 - 0.8^k.
+16/(3*255)). It prunes theta0 once (ticket 1), then trains 19 x 30 = 570 epochs, saving
+each round's checkpoint with its mask: tickets 1..19 at sparsity 1 - 0.8^k (its last
+pruning, after epoch 570, is never saved). Here: `rounds=19`, tickets 1..19 (18
+trainings: the 19th training only produces the unsaved 20th mask). Raising
+`--config.imp.rounds` later continues a finished run.
 
 Variants: imagenet_std (default), imagenet_adv, and `local` (CPU-scale: the bundled
 CIFAR-10 JPEGs, classes 0-4, a base_width-8 ResNet-18 trained from the weights given
@@ -34,7 +38,7 @@ def get_config(variant="imagenet_std"):
     if variant not in ("imagenet_std", "imagenet_adv", "local"):
         raise ValueError(f"Unknown variant {variant!r}: imagenet_std, imagenet_adv or local")
     config = ml_collections.ConfigDict()
-    config.imp = ml_collections.ConfigDict(dict(rounds=20, fraction=0.2, prunable=("conv",)))
+    config.imp = ml_collections.ConfigDict(dict(rounds=19, fraction=0.2, prunable=("conv",)))
     config.train = imp_train(adversarial=variant == "imagenet_adv")
     config.dataset = ml_collections.ConfigDict(dict(
         name="imagenet", data_dir="~/tensorflow_datasets", path="", data_rate=1.0,

@@ -18,17 +18,37 @@ Variants:
         --config.source.data_dir=~/tensorflow_datasets \
         --config.downstream.dataset.data_dir=~/tensorflow_datasets
 
-* `quickstart`: the same study in miniature on 2 CPU cores in about 12 minutes, on the
+* `quickstart`: the same study in miniature on 2 CPU cores in about 14 minutes, on the
   real CIFAR-10 images bundled in data/ (JPEG q75 copy): a base_width-8 ResNet-18
   (cifar stem, 32 px) is pre-trained here on classes 0-4 with standard training, then
   fine-tuned from that with PGD training for the robust pre-training; IMP finds 3 tickets per pre-training on that source task (a 40 %
   pruning rate, so 3 rounds reach 78 % sparsity); the dense model and every ticket are
-  transferred to classes 5-9 at data rate 0.5 under standard and PGD training; SA and
-  RA (PGD-10) are reported. Only sizes shrink; every stage of `paper` runs.
+  transferred to classes 5-9 at data rate 0.5 under standard and PGD training, with the
+  OMP and random baselines at the sparsest ticket; SA and RA (PGD-10) are reported. Only
+  sizes shrink; every stage of `paper` but the audit runs (see `audit`).
 
     python trainers/study.py --config=configs/study.py:quickstart --workdir=runs/quickstart
 
+* `audit`: the quickstart plus the robustness audit (APGD-CE and APGD-DLR with 100
+  iterations, Square with 1,000 queries, on the 500 test images) of the dense models and
+  the exported ticket. Its cells are the quickstart's, so after the quickstart it only
+  audits (~12 minutes more on 2 CPU cores):
+
+    python trainers/study.py --config=configs/study.py:audit --workdir=runs/quickstart
+
 * `tiny`: a seconds-scale study for tests (2 IMP rounds, 1 epoch everywhere).
+
+Rigor settings (every variant; override with dotted flags): `seeds` -- every transfer
+runs once per seed; `report.rule` -- `tolerance` (within `report.tolerance` points of
+the dense model) or `std` (within one standard deviation of the dense model over
+seeds); `pruning.methods` -- `imp` plus the baselines `omp` (one-shot magnitude pruning
+of the pre-trained weights) and `random`, each at the exact sparsity of the IMP tickets
+in `pruning.rounds` (empty: every transferred round); `audit` -- the robustness audit
+(`dwlt_tf/audit.py`, needs `pip install '.[audit]'`). `paper` uses 3 seeds, the `std`
+rule, both baselines at every ticket and the audit with Square's 5,000 queries (x3 the
+transfer runs of IMP alone: narrow with --config.pruning.rounds=8,11). The quickstart
+uses one seed (with the `tolerance` rule at 0 points) and the baselines at its sparsest
+ticket, to stay within ~15 minutes.
 """
 import importlib.util
 import os
@@ -77,9 +97,15 @@ def _paper():
         "adversarial": _transfer.adversarial_train("cifar10"),
         "adversarial:svhn": _transfer.adversarial_train("svhn"),
     })
-    config.report = ml_collections.ConfigDict(dict(tolerance=0.0))
+    config.report = ml_collections.ConfigDict(dict(tolerance=0.0, rule="std"))
     config.export = ml_collections.ConfigDict(dict(enabled=True, version=1, tflite=False))
     config.runtime = _transfer.runtime()
+    config.seeds = (1, 2, 3)
+    config.pruning = ml_collections.ConfigDict(dict(methods=("imp", "omp", "random"),
+                                                    rounds=(), seed=0))
+    config.audit = ml_collections.ConfigDict(dict(
+        enabled=True, eps=ml_collections.config_dict.placeholder(float), apgd_steps=100,
+        square_queries=5000, examples=0, seed=0, batch_size=256))
     return config
 
 
@@ -122,20 +148,28 @@ def _miniature(epochs, imp_epochs, pretrain_epochs, rounds, eval_steps, train_st
                                             attack=pgd_train, eval_attack=pgd_eval,
                                             eval_batch_size=250, verbose=0))
     del config.transfer["adversarial:svhn"]
+    config.report.rule = "tolerance"  # one seed: no spread for the `std` rule to use
+    config.seeds = (1,)
+    config.pruning.rounds = (rounds,)  # baselines at the sparsest ticket only
+    config.audit.update(dict(enabled=False, square_queries=1000, batch_size=250))
     return config
 
 
 def get_config(variant="quickstart"):
     if variant == "paper":
         return _paper()
-    if variant == "quickstart":
-        return _miniature(epochs=8, imp_epochs=3, pretrain_epochs=15, rounds=3,
-                          eval_steps=10, train_steps=3)
+    if variant in ("quickstart", "audit"):
+        config = _miniature(epochs=8, imp_epochs=3, pretrain_epochs=15, rounds=3,
+                            eval_steps=10, train_steps=3)
+        config.audit.enabled = variant == "audit"
+        return config
     if variant == "tiny":
         config = _miniature(epochs=1, imp_epochs=1, pretrain_epochs=1, rounds=2,
                             eval_steps=2, train_steps=2)
         del config.pretrainings["standard"]
         config.pretrainings.adversarial.init = ""
         config.downstream.data_rates = (0.2,)
+        config.pruning.methods = ("imp",)
+        config.audit.update(dict(apgd_steps=5, square_queries=20, examples=50))
         return config
-    raise ValueError(f"Unknown variant {variant!r}: paper, quickstart or tiny")
+    raise ValueError(f"Unknown variant {variant!r}: paper, quickstart, audit or tiny")

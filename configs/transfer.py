@@ -12,7 +12,8 @@ script/train_downstream/*.sh and main_*_eval.py):
   validation from epoch 45 on (the reference skips it before);
 * adversarial transfer on SVHN (adv_svhn.sh / main_adv_eval_svhn.py): lr 0.01,
   80 epochs and -- although the script passes --decreasing_lr 50,75 -- a
-  CosineAnnealingLR over the 80 epochs, which is what the code runs;
+  CosineAnnealingLR over the 80 epochs, which is what the code runs; validation every
+  epoch (main_adv_eval_svhn.py has no epoch-45 threshold);
 * evaluation: PGD-20 (eps 8/255, step 2/255); 224-pixel inputs (RandomResizedCrop +
   flip for training, resize 256 + center crop 224 for evaluation).
 
@@ -44,7 +45,8 @@ def adversarial_train(dataset="cifar10"):
     config.update(dict(mode="pgd", epochs=100, batch_size=128, lr=0.1,
                        milestones=(50, 75), eval_start_epoch=45, select_ra=True))
     if dataset == "svhn":
-        config.update(dict(lr=0.01, epochs=80, schedule="cosine", milestones=()))
+        config.update(dict(lr=0.01, epochs=80, schedule="cosine", milestones=(),
+                           eval_start_epoch=0))
     return config
 
 
@@ -81,4 +83,7 @@ def get_config(variant="std_cifar10"):
         config.dataset = dataset(name)
         config.train = standard_train() if regime == "std" else adversarial_train(name)
     config.runtime = runtime()
+    # Transfer seeds: (), one run with train.seed; (1, 2, 3), a run per seed in
+    # <workdir>/seed_<s> and the mean +- std of their test SA/RA.
+    config.seeds = ()
     return config

@@ -28,6 +28,7 @@ def _transfer_config(variant):
 
 def get_config(variant="local"):
     config = _transfer_config(variant)
+    del config["seeds"]  # a search tunes one seed's transfer (train.seed)
     config.train.verbose = 0
     config.tune = ml_collections.ConfigDict(dict(
         oracle="random", objective="val_sa", weights={"sa": 1.0, "ra": 0.0}, max_trials=8,

@@ -105,6 +105,15 @@ def float_triple(name, values):
     return triple
 
 
+def seeds(config):
+    """The config's `seeds` list (empty: one run with train.seed), validated."""
+    values = list(config.get("seeds") or ())
+    if len(set(values)) != len(values) or any(
+            isinstance(s, bool) or not isinstance(s, int) for s in values):
+        raise errors.ConfigError(f"seeds={tuple(values)!r}: give distinct int seeds")
+    return values
+
+
 def training_config(config, data_dir, sections):
     """A trainer's config with `--data_dir` applied and only `sections` allowed.
 

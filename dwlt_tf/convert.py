@@ -12,8 +12,14 @@ Formats are recognized from the file's contents, never its name:
   `<name>.weight_orig` and `<name>.weight_mask` (torch.nn.utils.prune), the model may
   carry `normalize.mean/std`; `init`, `optimizer`, `best_acc1`, `state_prune`, `arch`
   are ignored (`init` is the dense rewind point, not the ticket's weights).
-* `double_win_transfer`: the reference's transfer checkpoints, an
+* `double_win_transfer`: the reference's adversarial-transfer checkpoints, an
   `nn.Sequential(normalize, resnet)` (`0.mean`, `0.std`, `1.<key>`), masked or not.
+
+Normalization: given mean/std, else the checkpoint's own normalizer, else ImageNet's for
+a 1000-class checkpoint (torchvision's convention). A checkpoint with none and another
+head -- e.g. the reference's standard-transfer checkpoints, plain masked ResNets whose
+data loader normalized with the downstream dataset's statistics -- is refused until
+mean/std are given.
 
 Loading never executes pickled code (`torch.load(weights_only=True)`); zip and legacy
 serializations both load. torch is needed only here (`pip install '.[torch]'`).
@@ -248,14 +254,24 @@ def convert(path, arch="resnet50", stem="imagenet", mean=None, std=None) -> Conv
     if (mean is None) != (std is None):
         raise errors.ConfigError(f"Give both mean and std, or neither (got mean={mean}, "
                                  f"std={std})")
+    base_width = int(conv1.shape[0])
+    num_classes = int(fc.shape[0])
     if mean is not None:
         normalizer, source = (tuple(mean), tuple(std)), "argument"
     elif ckpt.normalizer is not None:
         normalizer, source = ckpt.normalizer, "checkpoint"
-    else:
+    elif num_classes == 1000:  # an ImageNet classifier: torchvision's convention
         normalizer, source = (data.IMAGENET_MEAN, data.IMAGENET_STD), "imagenet"
-    base_width = int(conv1.shape[0])
-    num_classes = int(fc.shape[0])
+    else:
+        # E.g. the reference's standard-transfer checkpoints: a plain (masked) ResNet
+        # trained on inputs its data loader normalized with the downstream dataset's
+        # statistics, which the file does not record.
+        raise CheckpointError(
+            f"Checkpoint {path!r} ({ckpt.format}, {num_classes} classes) holds no "
+            "normalization, and it is not an ImageNet classifier whose normalization could "
+            "be assumed: give the mean and std its inputs were normalized with, e.g. "
+            "--mean=0.4914,0.4822,0.4465 --std=0.2470,0.2435,0.2616 for CIFAR-10 "
+            f"(data.STATS has {sorted(data.STATS)})")
     model = models.build_resnet(arch, num_classes=num_classes, stem=stem,
                                 mean=normalizer[0], std=normalizer[1], base_width=base_width)
     _check_keys(ckpt, model, arch)

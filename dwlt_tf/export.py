@@ -217,6 +217,15 @@ def exported_info(export_dir, version):
     return files.read_json(path) if os.path.isfile(path) else None
 
 
+def add_audit(target, result: dict):
+    """Records a robustness audit (`audit.AuditResult.to_json()`) of an exported model in
+    its assets/ticket.json (atomically); the SavedModel itself is untouched."""
+    path = os.path.join(target, "assets", TICKET_ASSET)
+    info = files.read_json(path)
+    info["audit"] = result
+    files.write_json(path, info)
+
+
 def export_run(run: transfer.FinishedRun, export_dir, version, which="ra", tflite=False,
                extra=None, splits=None, log=print):
     """Exports a finished transfer run's best-SA ("sa") or best-RA ("ra") checkpoint.

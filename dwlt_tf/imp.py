@@ -107,3 +107,34 @@ def run(pretrained_fn: Callable[[], tf_keras.Model], splits, train_spec: train.T
             "previous_round_val": result.final.get("val_sa"),
             "previous_round_val_ra": result.final.get("val_ra")})
     return paths
+
+
+BASELINES = ("omp", "random")
+
+
+def baseline_ticket(pretrained_fn: Callable[[], tf_keras.Model], method: str, path: str,
+                    pruned: Optional[int] = None, sparsity: Optional[float] = None,
+                    seed: int = 0, prunable=("conv",), meta: Optional[dict] = None) -> str:
+    """A one-shot ticket of the dense pre-trained weights: the paper's baselines.
+
+    `omp` prunes the smallest |w| of theta0 globally, `random` uniformly random entries,
+    both over the same layers IMP prunes (`prunable`), to exactly `pruned` zeros (e.g.
+    an IMP ticket's count, for a comparison at equal sparsity) or to round(sparsity x
+    weights). Written with `tickets.save` (never overwritten); returns the path.
+    """
+    if method not in BASELINES:
+        raise ValueError(f"Unknown baseline {method!r}; choose one of {BASELINES}")
+    if (pruned is None) == (sparsity is None):
+        raise ValueError("give exactly one of pruned (a count) and sparsity (a fraction)")
+    kernels = pruning_wrapper.get_kernels(pruning_wrapper.wrap(pretrained_fn(),
+                                                               prunable=prunable))
+    total = sum(k.size for k in kernels.values())
+    if pruned is not None and not 0 <= pruned < total:
+        raise ValueError(f"pruned={pruned} outside [0, {total})")
+    target = pruned / total if pruned is not None else sparsity
+    masks = pruning.prune_to_sparsity(method, kernels, target, seed)
+    zeros = sum(int(m.size - m.sum()) for m in masks.values())
+    if pruned is not None and zeros != pruned:  # float rounding of the fraction: a bug
+        raise AssertionError(f"{method} pruned {zeros} weights, asked for {pruned}")
+    return tickets.save(path, masks, {**(meta or {}), "method": method, "seed": seed,
+                                      "pruned": zeros, "trained_rounds": 0})

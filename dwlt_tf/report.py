@@ -1,15 +1,25 @@
 """The study's answer: which tickets are double-win, tables and SA/RA-vs-sparsity plots.
 
 Definitions (the paper's): for one pre-training, downstream dataset and data rate, a
-ticket is *matching* under a transfer regime (standard or adversarial) when its test
-SA and its test RA are each no worse than the dense model's under the same regime by
-more than `tolerance` (percentage points, default 0). A ticket is *double-win* when it
-is matching under both regimes. SA is the test SA of the best-SA checkpoint and RA the
-test RA of the best-RA checkpoint, both selected on validation as the reference does.
+ticket is *matching* under a transfer regime (standard or adversarial) when its test SA
+and its test RA are each no worse than the dense model's under the same regime; it is
+*double-win* when it is matching under both regimes. SA is the test SA of the best-SA
+checkpoint and RA the test RA of the best-RA checkpoint, both selected on validation as
+the reference does. With several seeds, SA and RA are means over seeds (sample standard
+deviations alongside), and "no worse" follows the configured rule:
+
+* `tolerance`: mean >= dense mean - `tolerance` points (0: strictly no worse);
+* `std`: mean >= dense mean - the dense model's standard deviation over seeds (the
+  lottery-ticket literature's "within one standard deviation"; one seed: tolerance 0).
+
+Tickets of every pruning method (`imp`, and the `omp` / `random` baselines at the same
+sparsities) get verdicts; the IMP tickets are the study's tickets, the others tell
+whether IMP beats one-shot and random pruning at equal sparsity.
 """
 import collections
 import csv
 import io
+import math
 import os
 
 import matplotlib
@@ -20,14 +30,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 from dwlt_tf import files  # noqa: E402
 
 REGIMES = ("standard", "adversarial")
-COLUMNS = ("pretraining", "dataset", "data_rate", "regime", "ticket", "sparsity", "sa", "ra",
-           "sa_ckpt_test_ra", "ra_ckpt_test_sa", "val_sa", "val_ra", "ra_attack", "cell")
+RULES = ("tolerance", "std")
+METHODS = ("imp", "omp", "random")
+AUDIT_ATTACKS = ("pgd", "apgd_ce", "apgd_dlr", "square")
+COLUMNS = ("pretraining", "dataset", "data_rate", "regime", "method", "ticket", "sparsity",
+           "seed", "sa", "ra", "sa_ckpt_test_ra", "ra_ckpt_test_sa", "val_sa", "val_ra",
+           "ra_attack") + tuple(f"audit_{a}_ra" for a in AUDIT_ATTACKS) + (
+    "audit_worst_case_ra", "audit_gradient_masking_suspected", "cell")
 
 
 def attack_label(attack):
     """A short description of the attack behind an RA (`train.attack_description`)."""
     if not attack:
         return "none"
+
     def px(value):  # eps and step size in 0-255 pixel units, as papers state them
         return f"{value * 255:.4g}/255"
     return (f"{attack['method'].upper()}-{attack['steps']} {attack['norm']} eps {px(attack['eps'])}"
@@ -40,58 +56,96 @@ def _group_key(row):
     return row["pretraining"], row["dataset"], row["data_rate"]
 
 
-def analyze(rows, tolerance=0.0):
-    """Matching / double-win per group. Returns {group: summary dict}."""
+def _method(row):
+    return row.get("method") or ("dense" if row["ticket"] == "dense" else "imp")
+
+
+def mean_std(values):
+    """Mean and sample standard deviation (0 for one value)."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def _aggregate(members):
+    """{"sa", "sa_std", "ra", "ra_std", "n"} over the rows of one ticket and regime."""
+    sa, sa_std = mean_std([r["sa"] for r in members])
+    ra, ra_std = mean_std([r["ra"] for r in members])
+    return {"sa": sa, "sa_std": sa_std, "ra": ra, "ra_std": ra_std, "n": len(members)}
+
+
+def analyze(rows, tolerance=0.0, rule="tolerance"):
+    """Matching / double-win per group and pruning method. Returns {group: summary}."""
+    if rule not in RULES:
+        raise ValueError(f"Unknown matching rule {rule!r}; choose one of {RULES}")
     groups = collections.defaultdict(list)
     for row in rows:
         groups[_group_key(row)].append(row)
     summary = {}
     for key, members in sorted(groups.items(), key=lambda kv: str(kv[0])):
-        dense = {r["regime"]: r for r in members if r["ticket"] == "dense"}
-        tickets = sorted({(r["ticket"], r["sparsity"]) for r in members if r["ticket"] != "dense"},
-                         key=lambda t: t[1])
+        by = collections.defaultdict(list)
+        for r in members:
+            by[(_method(r), r["ticket"], r["regime"])].append(r)
+        dense = {regime: _aggregate(by[("dense", "dense", regime)]) for regime in REGIMES
+                 if by.get(("dense", "dense", regime))}
+        tickets = sorted({(_method(r), r["ticket"], r["sparsity"]) for r in members
+                          if r["ticket"] != "dense"},
+                         key=lambda t: (t[2], METHODS.index(t[0]) if t[0] in METHODS else 9))
         verdicts = []
-        for ticket, sparsity in tickets:
-            verdict = {"ticket": ticket, "sparsity": sparsity}
+        for method, ticket, sparsity in tickets:
+            verdict = {"method": method, "ticket": ticket, "sparsity": sparsity}
             for regime in REGIMES:
-                row = next((r for r in members
-                            if r["ticket"] == ticket and r["regime"] == regime), None)
+                rows_here = by.get((method, ticket, regime))
+                stats = _aggregate(rows_here) if rows_here else None
                 base = dense.get(regime)
                 matching = None
-                if row is not None and base is not None:
-                    matching = (row["sa"] >= base["sa"] - tolerance
-                                and row["ra"] >= base["ra"] - tolerance)
+                if stats and base:
+                    slack_sa = tolerance if rule == "tolerance" else base["sa_std"]
+                    slack_ra = tolerance if rule == "tolerance" else base["ra_std"]
+                    matching = (stats["sa"] >= base["sa"] - slack_sa
+                                and stats["ra"] >= base["ra"] - slack_ra)
                 verdict[regime] = matching
-                verdict[f"{regime}_sa"] = row["sa"] if row else None
-                verdict[f"{regime}_ra"] = row["ra"] if row else None
+                for field in ("sa", "sa_std", "ra", "ra_std", "n"):
+                    verdict[f"{regime}_{field}"] = stats[field] if stats else None
             verdict["double_win"] = all(verdict[r] for r in REGIMES)
             verdicts.append(verdict)
-        double = [v for v in verdicts if v["double_win"]]
-        summary[key] = {
-            "dense": {r: {"sa": d["sa"], "ra": d["ra"]} for r, d in dense.items()},
-            "tickets": verdicts,
-            "sparsest_double_win": max(double, key=lambda v: v["sparsity"]) if double else None,
-        }
+        by_method = {}
+        for method in sorted({v["method"] for v in verdicts}):
+            double = [v for v in verdicts if v["method"] == method and v["double_win"]]
+            by_method[method] = max(double, key=lambda v: v["sparsity"]) if double else None
+        summary[key] = {"dense": dense, "tickets": verdicts,
+                        "sparsest_double_win": by_method.get("imp"),
+                        "sparsest_double_win_by_method": by_method}
     return summary
 
 
+def _best_seed(rows):
+    """Among one ticket's seeds, the run to deploy: best validation RA (ties: lowest seed)."""
+    return max(rows, key=lambda r: (r.get("val_ra") or 0.0, -r.get("seed", 1)))
+
+
 def choose_export(rows, summary):
-    """The ticket to deploy: the sparsest double-win one (ties: higher adversarial RA);
-    without any, the ticket with the best adversarial RA. Returns (row, reason)."""
+    """The ticket to deploy: the sparsest double-win IMP ticket (ties: higher adversarial
+    RA); without any, the IMP ticket with the best adversarial RA. Of its seeds, the run
+    with the best validation RA. Returns (row, reason)."""
     candidates = []
     for key, group in summary.items():
         if group["sparsest_double_win"]:
             v = group["sparsest_double_win"]
             candidates.append((v["sparsity"], v["adversarial_ra"] or 0.0, key, v["ticket"]))
-    adversarial = [r for r in rows if r["regime"] == "adversarial" and r["ticket"] != "dense"]
+    adversarial = [r for r in rows if r["regime"] == "adversarial" and _method(r) == "imp"]
     if candidates:
         sparsity, _, key, ticket = max(candidates)
-        row = next(r for r in adversarial if _group_key(r) == key and r["ticket"] == ticket)
+        row = _best_seed([r for r in adversarial
+                          if _group_key(r) == key and r["ticket"] == ticket])
         return row, (f"sparsest double-win ticket ({ticket}, {100 * sparsity:.2f}% sparse, "
                      f"{key[0]} pre-training, {key[1]} at data rate {key[2]})")
     if not adversarial:
         return None, "no adversarially transferred ticket to export"
-    row = max(adversarial, key=lambda r: (r["ra"], r["sa"]))
+    best = max(adversarial, key=lambda r: (r["ra"], r["sa"]))
+    row = _best_seed([r for r in adversarial
+                      if _group_key(r) == _group_key(best) and r["ticket"] == best["ticket"]])
     return row, (f"no ticket is double-win; exported the ticket with the best adversarial "
                  f"RA instead ({row['ticket']}, {100 * row['sparsity']:.2f}% sparse)")
 
@@ -106,68 +160,137 @@ def write_tables(rows, workdir):
     files.write_json(os.path.join(workdir, "results.json"), rows)
 
 
-def _fmt(value):
-    return "–" if value is None else f"{value:.2f}"
+def _fmt(value, std=None, n=None):
+    if value is None:
+        return "–"
+    if n and n > 1:
+        return f"{value:.2f} ± {std:.2f}"
+    return f"{value:.2f}"
 
 
-def markdown(rows, summary, tolerance, export_note=None):
+def _mark(flag):
+    return "–" if flag is None else ("yes" if flag else "no")
+
+
+def _rule_text(tolerance, rule):
+    if rule == "std":
+        return ("SA and RA (means over seeds) each at least the dense model's mean minus its "
+                "standard deviation over seeds, under the same transfer regime")
+    return (f"SA and RA (means over seeds) each within {tolerance:g} points of the dense "
+            "model's under the same transfer regime")
+
+
+def markdown(rows, summary, tolerance, export_note=None, rule="tolerance", seeds=None,
+             audits=None):
+    """The report. `audits`: [(row, AuditResult-like dict)] of audited models."""
+    seeds = sorted({r.get("seed", 1) for r in rows}) if seeds is None else list(seeds)
     lines = ["# Double-win lottery tickets: study report", "",
-             f"Matching: SA and RA each within {tolerance:g} points of the dense model under "
-             "the same transfer regime; double-win: matching under standard *and* adversarial "
-             "transfer. SA = test SA of the best-SA checkpoint, RA = test RA of the best-RA "
-             "checkpoint (both selected on validation).", ""]
+             f"Matching (rule `{rule}`): {_rule_text(tolerance, rule)}; double-win: matching "
+             "under standard *and* adversarial transfer. SA = test SA of the best-SA "
+             "checkpoint, RA = test RA of the best-RA checkpoint (both selected on "
+             "validation).", "",
+             f"Seeds: {', '.join(str(s) for s in seeds)}" + (
+                 " (values: mean ± sample standard deviation over seeds)." if len(seeds) > 1
+                 else " (one seed per transfer: no spread to report)."), ""]
     attacks = sorted({r.get("ra_attack") for r in rows if r.get("ra_attack")})
     if attacks:
         lines += ["RA measured with: " + "; ".join(attacks) + ".", ""]
     for (pretraining, dataset, rate), group in summary.items():
         lines += [f"## {pretraining} pre-training → {dataset}, data rate {rate:g}", "",
-                  "| ticket | sparsity | std SA | std RA | adv SA | adv RA | std match | "
-                  "adv match | double-win |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| ticket | method | sparsity | std SA | std RA | adv SA | adv RA | "
+                  "std match | adv match | double-win |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         dense = group["dense"]
-        lines.append(
-            f"| dense | 0.00% | {_fmt(dense.get('standard', {}).get('sa'))} | "
-            f"{_fmt(dense.get('standard', {}).get('ra'))} | "
-            f"{_fmt(dense.get('adversarial', {}).get('sa'))} | "
-            f"{_fmt(dense.get('adversarial', {}).get('ra'))} | | | |")
+        cells = []
+        for regime in REGIMES:
+            d = dense.get(regime, {})
+            cells += [_fmt(d.get("sa"), d.get("sa_std"), d.get("n")),
+                      _fmt(d.get("ra"), d.get("ra_std"), d.get("n"))]
+        lines.append(f"| dense | | 0.00% | {' | '.join(cells)} | | | |")
         for v in group["tickets"]:
-            def mark(flag):
-                return "–" if flag is None else ("yes" if flag else "no")
+            cells = []
+            for regime in REGIMES:
+                cells += [_fmt(v[f"{regime}_sa"], v[f"{regime}_sa_std"], v[f"{regime}_n"]),
+                          _fmt(v[f"{regime}_ra"], v[f"{regime}_ra_std"], v[f"{regime}_n"])]
             lines.append(
-                f"| {v['ticket']} | {100 * v['sparsity']:.2f}% | {_fmt(v['standard_sa'])} | "
-                f"{_fmt(v['standard_ra'])} | {_fmt(v['adversarial_sa'])} | "
-                f"{_fmt(v['adversarial_ra'])} | {mark(v['standard'])} | "
-                f"{mark(v['adversarial'])} | {'**yes**' if v['double_win'] else 'no'} |")
+                f"| {v['ticket']} | {v['method']} | {100 * v['sparsity']:.2f}% | "
+                f"{' | '.join(cells)} | {_mark(v['standard'])} | {_mark(v['adversarial'])} | "
+                f"{'**yes**' if v['double_win'] else 'no'} |")
         best = group["sparsest_double_win"]
         lines += ["", (f"Sparsest double-win ticket: **{best['ticket']}** "
                        f"({100 * best['sparsity']:.2f}% sparse)." if best
-                       else "No double-win ticket in this setting."), ""]
+                       else "No double-win ticket in this setting.")]
+        baselines = {m: v for m, v in group["sparsest_double_win_by_method"].items()
+                     if m != "imp"}
+        if baselines:
+            lines.append("Sparsest double-win baseline: " + "; ".join(
+                f"{m}: " + (f"{v['ticket']} ({100 * v['sparsity']:.2f}%)" if v else "none")
+                for m, v in sorted(baselines.items())) + ".")
+        lines.append("")
+    if audits:
+        lines += _audit_section(audits)
     if export_note:
         lines += ["## Export", "", export_note, ""]
     return "\n".join(lines)
 
 
+def _audit_section(audits):
+    lines = ["## Robustness audit", "",
+             "Each model attacked on the test split at its evaluation eps: its own PGD, "
+             "APGD-CE and APGD-DLR (AutoAttack's white-box pair) and the black-box Square "
+             "attack (Adversarial Robustness Toolbox). Worst case: an example counts as "
+             "robust only if every attack leaves it correctly classified.", "",
+             "| pre-training | dataset | ticket | regime | seed | examples | PGD RA | APGD-CE | "
+             "APGD-DLR | Square | worst case | gradient masking? |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    warnings = []
+    for row, result in audits:
+        ra = result["ra"]
+        flag = "**possible**" if result["gradient_masking_suspected"] else "no"
+        lines.append(
+            f"| {row['pretraining']} | {row['dataset']} | {row['ticket']} | {row['regime']} | "
+            f"{row.get('seed', 1)} | {result['examples']} | {_fmt(ra.get('pgd'))} | "
+            f"{_fmt(ra.get('apgd_ce'))} | {_fmt(ra.get('apgd_dlr'))} | {_fmt(ra.get('square'))} "
+            f"| {_fmt(result['worst_case_ra'])} | {flag} |")
+        for reason in result["reasons"]:
+            warnings.append(f"* Warning ({row['pretraining']}, {row['ticket']}, "
+                            f"{row['regime']}): {reason} -- RA measured by gradient-based "
+                            "attacks may overstate robustness (gradient masking).")
+    return lines + [""] + warnings + ([""] if warnings else [])
+
+
 def plot(rows, summary, workdir):
-    """One PNG per group: SA and RA versus sparsity, dense model as reference lines."""
+    """One PNG per group: SA and RA versus sparsity per method and regime (error bars:
+    standard deviation over seeds), the dense model as reference lines."""
     out_dir = os.path.join(workdir, "plots")
     os.makedirs(out_dir, exist_ok=True)
     paths = []
+    styles = {"imp": "o-", "omp": "s--", "random": "^:"}
     for (pretraining, dataset, rate), group in summary.items():
-        members = [r for r in rows if _group_key(r) == (pretraining, dataset, rate)]
         fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
         for ax, metric in zip(axes, ("sa", "ra")):
             for regime, color in zip(REGIMES, ("tab:blue", "tab:red")):
-                pts = sorted((100 * r["sparsity"], r[metric]) for r in members
-                             if r["regime"] == regime and r["ticket"] != "dense")
-                if pts:
-                    ax.plot(*zip(*pts), "o-", color=color, label=f"tickets, {regime}")
+                for method in sorted({v["method"] for v in group["tickets"]}):
+                    points = sorted(
+                        (100 * v["sparsity"], v[f"{regime}_{metric}"],
+                         v[f"{regime}_{metric}_std"]) for v in group["tickets"]
+                        if v["method"] == method and v[f"{regime}_{metric}"] is not None)
+                    if points:
+                        x, y, err = zip(*points)
+                        ax.errorbar(x, y, yerr=err, fmt=styles.get(method, "o-"), color=color,
+                                    capsize=3, label=f"{method}, {regime}")
                 dense = group["dense"].get(regime)
                 if dense:
                     ax.axhline(dense[metric], color=color, linestyle="--",
                                label=f"dense, {regime}")
+                    if dense[f"{metric}_std"]:
+                        ax.axhspan(dense[metric] - dense[f"{metric}_std"],
+                                   dense[metric] + dense[f"{metric}_std"], color=color,
+                                   alpha=0.1)
             ax.set_xlabel("sparsity (%)")
             ax.set_ylabel(f"test {metric.upper()} (%)")
             ax.grid(alpha=0.3)
-        axes[0].legend(fontsize=8)
+        axes[0].legend(fontsize=7)
         fig.suptitle(f"{pretraining} pre-training → {dataset} (data rate {rate:g})")
         fig.tight_layout()
         path = os.path.join(out_dir, f"{pretraining}_{dataset}_{rate:g}.png")

@@ -26,12 +26,14 @@ from typing import Dict, List, Optional
 
 import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 
+from dwlt_tf import audit as audit_lib
 from dwlt_tf import config as cfg
-from dwlt_tf import (convert, data, export, files, identity, imp, report, tickets, train,
-                     transfer)
+from dwlt_tf import (attacks, convert, data, export, files, identity, imp, report, tickets,
+                     train, transfer)
 
 TOP_LEVEL = ("model", "source", "pretrainings", "imp", "tickets", "downstream", "transfer",
-             "report", "export", "runtime")
+             "report", "export", "runtime", "seeds", "pruning", "audit")
+AUDIT_KEYS = ("enabled",) + tuple(f.name for f in dataclasses.fields(audit_lib.AuditSpec))
 PRETRAINING_KEYS = ("path", "train", "imp_mode", "init")
 REGIMES = report.REGIMES
 
@@ -48,6 +50,12 @@ class Plan:
     transfer: Dict[str, train.TrainSpec]   # "<regime>" or "<regime>:<dataset>" -> spec
     tolerance: float
     export: dict
+    seeds: List[int]                       # every transfer runs once per seed
+    methods: List[str]                     # "imp" and the baselines ("omp", "random")
+    baseline_rounds: List[int]             # IMP rounds whose sparsity the baselines match
+    pruning_seed: int                      # the random baseline's
+    rule: str                              # matching rule: "tolerance" or "std"
+    audit: Optional[audit_lib.AuditSpec]   # None: no robustness audit
 
 
 def plan(config) -> Plan:
@@ -85,7 +93,13 @@ def plan(config) -> Plan:
             "train": cfg.train_spec(trained, f"pretrainings.{name}.train") if trained else None,
             "imp": cfg.train_spec(imp_section, "imp.train"),
         }
-    rounds = list(config.tickets) if config.tickets else list(range(1, imp_spec.rounds + 1))
+    tickets_value = config.tickets
+    # "all" (every saved round): from a flag, ml_collections hands a tuple field ("all",).
+    if tickets_value in ("all", ("all",)):
+        tickets_value = ()
+    if any(not isinstance(k, int) or isinstance(k, bool) for k in tickets_value or ()):
+        raise cfg.ConfigError(f"tickets={tickets_value!r}: give round numbers or 'all'")
+    rounds = list(tickets_value) if tickets_value else list(range(1, imp_spec.rounds + 1))
     bad = [k for k in rounds if not 1 <= k <= imp_spec.rounds]
     if bad:
         raise cfg.ConfigError(f"tickets={rounds}: rounds {bad} outside 1..imp.rounds="
@@ -124,18 +138,50 @@ def plan(config) -> Plan:
                                   f"among downstream.datasets={list(config.downstream.datasets)}")
     if not datasets:
         raise cfg.ConfigError("downstream: no datasets or no data_rates to transfer to")
-    cfg.check_keys(config.report, ("tolerance",), "report")
+    cfg.check_keys(config.report, ("tolerance", "rule"), "report")
     tolerance = config.report.tolerance
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or tolerance < 0:
         raise cfg.ConfigError(f"report.tolerance={tolerance!r}: must be a number >= 0 "
                               "(percentage points)")
+    rule = config.report.get("rule", "tolerance")
+    if rule not in report.RULES:
+        raise cfg.ConfigError(f"report.rule={rule!r}: choose one of {report.RULES}")
     cfg.check_keys(config.export, ("enabled", "version", "tflite"), "export")
     export_config = cfg.to_dict(config.export)
     version = export_config.get("version", 1)
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise cfg.ConfigError(f"export.version={version!r}: must be a positive int")
+    seeds = list(config.get("seeds") or ())
+    if not seeds or len(set(seeds)) != len(seeds) or any(
+            isinstance(s, bool) or not isinstance(s, int) for s in seeds):
+        raise cfg.ConfigError(f"seeds={tuple(seeds)!r}: give one or more distinct int seeds")
+    pruning_section = cfg.to_dict(config.get("pruning") or {})
+    cfg.check_keys(pruning_section, ("methods", "rounds", "seed"), "pruning")
+    methods = list(pruning_section.get("methods") or ("imp",))
+    unknown = [m for m in methods if m not in report.METHODS]
+    if unknown or "imp" not in methods:
+        raise cfg.ConfigError(f"pruning.methods={tuple(methods)!r}: choose among "
+                              f"{report.METHODS}, 'imp' included (the baselines match the "
+                              "sparsities of its tickets)")
+    baseline_rounds = list(pruning_section.get("rounds") or rounds)
+    outside = [k for k in baseline_rounds if k not in rounds]
+    if outside:
+        raise cfg.ConfigError(f"pruning.rounds={tuple(baseline_rounds)!r}: rounds {outside} "
+                              f"are not among the transferred tickets {rounds}")
     return Plan(model, source, pretrainings, imp_spec, rounds, datasets, transfer_specs,
-                float(tolerance), export_config)
+                float(tolerance), export_config, seeds, methods, baseline_rounds,
+                int(pruning_section.get("seed", 0)), rule, _audit_spec(config.get("audit")))
+
+
+def _audit_spec(section):
+    """The audit's spec (None when disabled), its library checked before any work."""
+    values = cfg.to_dict(section or {})
+    cfg.check_keys(values, AUDIT_KEYS, "audit")
+    if not values.pop("enabled", False):
+        return None
+    spec = audit_lib.AuditSpec(**values)
+    audit_lib.require_art()  # the install hint, now
+    return spec
 
 
 def _check_pretrained_path(path, model, where):
@@ -255,8 +301,30 @@ class Study:
                             pretrained=weights)
         return {k: paths[k - 1] for k in self.plan.ticket_rounds}
 
-    def transfer_cell(self, name, pretrained_dir, ticket, ticket_dir, dataset, regime):
-        spec = self._transfer_spec(regime, dataset.name)
+    def baseline(self, name, pretrained_dir, method, imp_ticket_dir):
+        """The `method` baseline ticket at the sparsity of an IMP ticket (one-shot)."""
+        masks, imp_meta = tickets.load(imp_ticket_dir)
+        pruned = sum(int(m.size - m.sum()) for m in masks.values())
+        weights = convert.weights_identity(convert.load_meta(pretrained_dir))
+        cell, key = self._cell("baseline", {
+            "kind": "baseline", "method": method, "pretrained": weights, "pruned": pruned,
+            "imp": identity.describe(self.plan.imp),
+            "seed": self.plan.pruning_seed if method == "random" else None})
+        path = os.path.join(cell, "ticket")
+        if not tickets.is_ticket(path):
+            self.log(f"[baseline] {name}: {method} at round {imp_meta.get('round')}'s "
+                     f"sparsity -> {cell}")
+            imp.baseline_ticket(lambda: convert.load_converted(pretrained_dir).model, method,
+                                path, pruned=pruned, seed=self.plan.pruning_seed,
+                                prunable=self.plan.imp.prunable,
+                                meta={"pretraining": name, "baseline_cell": key,
+                                      "round": imp_meta.get("round"),
+                                      "source_sha256": imp_meta.get("source_sha256")})
+        return path
+
+    def transfer_cell(self, name, pretrained_dir, method, ticket, ticket_dir, dataset, regime,
+                      seed):
+        spec = dataclasses.replace(self._transfer_spec(regime, dataset.name), seed=seed)
         splits = self._load(dataset)
         cell, _ = self._cell("transfer", transfer.run_identity(pretrained_dir, ticket_dir,
                                                                splits.identity, spec))
@@ -264,19 +332,39 @@ class Study:
         if os.path.exists(result_path):  # finished: read, don't rebuild anything
             result = train.TrainResult.from_json(files.read_json(result_path))
         else:
-            self.log(f"[transfer] {name} / {ticket} -> {dataset.label} (rate "
-                     f"{dataset.data_rate:g}, {regime}) -> {cell}")
+            self.log(f"[transfer] {name} / {ticket} ({method}, seed {seed}) -> "
+                     f"{dataset.label} (rate {dataset.data_rate:g}, {regime}) -> {cell}")
             result = transfer.run(pretrained_dir, ticket_dir, dataset, spec, cell,
                                   self.strategy, splits=splits)
         sparsity = 0.0 if ticket_dir is None else tickets.load(ticket_dir)[1]["sparsity"]
         return {"pretraining": name, "dataset": dataset.label, "data_rate": dataset.data_rate,
-                "regime": regime, "ticket": ticket, "sparsity": sparsity,
-                "sa": result.best_sa.test_sa, "ra": result.best_ra.test_ra,
+                "regime": regime, "method": method, "ticket": ticket, "sparsity": sparsity,
+                "seed": seed, "sa": result.best_sa.test_sa, "ra": result.best_ra.test_ra,
                 "sa_ckpt_test_ra": result.best_sa.test_ra,
                 "ra_ckpt_test_sa": result.best_ra.test_sa,
                 "val_sa": result.best_sa.val_sa, "val_ra": result.best_ra.val_ra,
                 "ra_attack": report.attack_label(result.eval_attack),
                 "cell": os.path.relpath(cell, self.workdir)}
+
+    def audit_cell(self, row):
+        """The robustness audit of a transfer row's best-RA checkpoint (its own cell)."""
+        run = transfer.open_run(os.path.join(self.workdir, row["cell"]))
+        cell, _ = self._cell("audit", {"kind": "audit", "run": run.key, "checkpoint": "best_ra",
+                                       "split": "test",
+                                       "audit": identity.describe(self.plan.audit)})
+        path = os.path.join(cell, "audit.json")
+        if not os.path.exists(path):
+            self.log(f"[audit] {row['pretraining']} / {row['ticket']} ({row['regime']}, seed "
+                     f"{row['seed']}) -> {cell}")
+            attack = run.result.eval_attack
+            pgd = attacks.Attack(attack["eps"], attack["step_size"], attack["steps"],
+                                 attack["random_start"])
+            splits = self._load(run.dataset)
+            model, _, _ = transfer.load_best(run, "ra", splits)
+            result = audit_lib.audit_split(model, splits, "test", self.plan.audit, pgd,
+                                           noise_seed=run.identity["train"].get("seed", 1))
+            files.write_json(path, result.to_json())
+        return files.read_json(path)
 
     # --------------------------------------------------------------------- run
     def run(self):
@@ -285,36 +373,70 @@ class Study:
         for name in self.plan.pretrainings:
             pretrained_dir = self.pretrained(name)
             ticket_dirs = self.find_tickets(name, pretrained_dir)
-            candidates = [("dense", None)] + [(f"round {k}", d) for k, d in ticket_dirs.items()]
+            candidates = [("dense", "dense", None)] + [
+                ("imp", f"round {k}", d) for k, d in ticket_dirs.items()]
+            for method in self.plan.methods:
+                if method != "imp":
+                    candidates += [(method, f"round {k}", self.baseline(
+                        name, pretrained_dir, method, ticket_dirs[k]))
+                        for k in self.plan.baseline_rounds]
             for dataset in self.plan.datasets:
-                for ticket, ticket_dir in candidates:
+                for method, ticket, ticket_dir in candidates:
                     for regime in REGIMES:
-                        rows.append(self.transfer_cell(name, pretrained_dir, ticket,
-                                                       ticket_dir, dataset, regime))
-        summary = report.analyze(rows, self.plan.tolerance)
+                        for seed in self.plan.seeds:
+                            rows.append(self.transfer_cell(name, pretrained_dir, method, ticket,
+                                                           ticket_dir, dataset, regime, seed))
+        summary = report.analyze(rows, self.plan.tolerance, self.plan.rule)
+        exported = None
+        note = None
+        if self.plan.export.get("enabled", True):
+            exported, note = self._export(rows, summary)
+        audits = self._audit(rows, exported) if self.plan.audit else []
         report.write_tables(rows, self.workdir)
         report.plot(rows, summary, self.workdir)
-        note = self._export(rows, summary) if self.plan.export.get("enabled", True) else None
-        text = report.markdown(rows, summary, self.plan.tolerance, note)
+        text = report.markdown(rows, summary, self.plan.tolerance, note, self.plan.rule,
+                               self.plan.seeds, audits)
         files.write_text(os.path.join(self.workdir, "report.md"), text)
         files.write_json(os.path.join(self.workdir, "summary.json"),
                          {f"{k[0]}|{k[1]}|{k[2]}": v for k, v in summary.items()})
         return rows, summary
 
+    def _audit(self, rows, exported):
+        """Audits the dense models (both regimes, first seed) and the exported ticket; adds
+        the audit columns to their rows and the result to the export's ticket.json."""
+        first = self.plan.seeds[0]
+        chosen = [r for r in rows if r["method"] == "dense" and r["seed"] == first]
+        if exported and exported[0] not in chosen:
+            chosen.append(exported[0])
+        audits = []
+        for row in chosen:
+            result = self.audit_cell(row)
+            for attack, value in result["ra"].items():
+                row[f"audit_{attack}_ra"] = value
+            row["audit_worst_case_ra"] = result["worst_case_ra"]
+            row["audit_gradient_masking_suspected"] = result["gradient_masking_suspected"]
+            audits.append((row, result))
+        if exported:
+            row, target = exported
+            export.add_audit(target, next(result for r, result in audits if r is row))
+        return audits
+
     def _export(self, rows, summary):
-        """Exports the chosen ticket; returns the report's sentence on what is where."""
+        """Exports the chosen ticket. Returns ((row, export path) or None, the report's
+        sentence on what is where)."""
         row, reason = report.choose_export(rows, summary)
         if row is None:
-            return reason
+            return None, reason
         run = transfer.open_run(os.path.join(self.workdir, row["cell"]))
         export_dir = os.path.join(self.workdir, "export")
         version = int(self.plan.export.get("version", 1))
         existing = export.exported_info(export_dir, version)
         source = (existing or {}).get("source_run", {})
         if source.get("key") == run.key and source.get("checkpoint") == "best_ra":
-            return (f"`export/{version}` holds {reason} (adversarial transfer, best-RA "
-                    f"checkpoint: test SA {_pct(existing['test_sa'])}, RA "
-                    f"{_pct(existing['test_ra'])}), exported by an earlier run of this study.")
+            return (row, os.path.join(export_dir, str(version))), (
+                f"`export/{version}` holds {reason} (adversarial transfer, seed {row['seed']}, "
+                f"best-RA checkpoint: test SA {_pct(existing['test_sa'])}, RA "
+                f"{_pct(existing['test_ra'])}), exported by an earlier run of this study.")
         prefix = ""
         if os.path.exists(os.path.join(export_dir, str(version))):
             taken = version
@@ -322,12 +444,14 @@ class Study:
             what = (f"an earlier selection ({existing.get('selection', 'unknown')})"
                     if existing else "something that is not a complete export")
             prefix = (f"`export/{taken}` already holds {what} and was left as it is; ")
-        _, info = export.export_run(run, export_dir, version, which="ra",
-                                    tflite=self.plan.export.get("tflite", False),
-                                    extra={"selection": reason}, splits=self._load(run.dataset),
-                                    log=self.log)
-        return (f"{prefix}Exported {reason} (adversarial transfer, best-RA checkpoint: test SA "
-                f"{_pct(info['test_sa'])}, RA {_pct(info['test_ra'])}) to `export/{version}`.")
+        target, info = export.export_run(
+            run, export_dir, version, which="ra", tflite=self.plan.export.get("tflite", False),
+            extra={"selection": reason, "seed": row["seed"]}, splits=self._load(run.dataset),
+            log=self.log)
+        return (row, target), (
+            f"{prefix}Exported {reason} (adversarial transfer, seed {row['seed']}, best-RA "
+            f"checkpoint: test SA {_pct(info['test_sa'])}, RA {_pct(info['test_ra'])}) to "
+            f"`export/{version}`.")
 
 
 def _pct(value):

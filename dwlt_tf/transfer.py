@@ -147,6 +147,17 @@ def run(pretrained_dir: str, ticket_dir: Optional[str], dataset: data.DataSpec,
     return train.fit(build, splits, spec, workdir, strategy, inputs=run_inputs)
 
 
+def run_seeds(pretrained_dir: str, ticket_dir: Optional[str], dataset: data.DataSpec,
+              spec: train.TrainSpec, seeds, workdir: str, strategy=None,
+              overwrite: bool = False):
+    """`run` once per seed (`spec.seed` replaced), each in `<workdir>/seed_<seed>`.
+    Returns the results in the order of `seeds`."""
+    splits = data.load(dataset)
+    return [run(pretrained_dir, ticket_dir, dataset, dataclasses.replace(spec, seed=seed),
+                os.path.join(workdir, f"seed_{seed}"), strategy, splits, overwrite)
+            for seed in seeds]
+
+
 @dataclasses.dataclass
 class FinishedRun:
     """A finished transfer run, reopened from its workdir (see `open_run`)."""

@@ -112,3 +112,26 @@ def test_rerun_into_a_used_workdir_refuses_other_settings(weights_and_ticket, tm
     assert not os.path.exists(tmp_path / "serving" / "1")
     with pytest.raises(transfer.RunNotFoundError, match="not a transfer run"):
         transfer.open_run(str(tmp_path))
+
+
+def test_baseline_ticket_binary_and_transfer_seeds(weights_and_ticket, tmp_path):
+    weights, ticket, _ = weights_and_ticket
+    imp_zeros = sum(int((~m).sum()) for m in tickets.load(ticket)[0].values())
+    out = _run("trainers/prune.py", f"--pretrained={weights}", "--method=random",
+               f"--like={ticket}", f"--output={tmp_path / 'random'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    masks, meta = tickets.load(str(tmp_path / "random"))
+    assert meta["method"] == "random" and sum(int((~m).sum()) for m in masks.values()) == \
+        imp_zeros
+    out = _run("trainers/prune.py", f"--pretrained={weights}", "--method=omp",
+               "--sparsity=1.5", f"--output={tmp_path / 'bad'}")
+    assert out.returncode == 2 and "--sparsity=1.5: must be in [0, 1)" in out.stderr
+    # Transfer once per seed: a run per seed, and their mean and spread.
+    out = _transfer(tmp_path / "seeds", weights, str(tmp_path / "random"), "--config.seeds=1,2",
+                    "--config.train.mode=standard")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path / "seeds")) == ["seed_1", "seed_2"]
+    assert "over seeds [1, 2]: test SA" in out.stdout
+    seeds = [json.load(open(tmp_path / "seeds" / f"seed_{s}" / "run.json"))["identity"]
+             ["train"].get("seed", 1) for s in (1, 2)]
+    assert seeds == [1, 2]

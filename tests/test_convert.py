@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.nn.utils import prune
 
-from dwlt_tf import convert, tickets
+from dwlt_tf import convert, data, tickets
 from torch_resnet import Normalize, ResNet, randomize_batchnorm
 
 ROBUST_MEAN = (0.4, 0.45, 0.5)
@@ -92,8 +92,11 @@ def test_cifar_stem_32px_every_format(tmp_path, fmt):
     if fmt.startswith("double_win"):
         _prune_globally(model, 0.5)
     path = _write(fmt, model, tmp_path / "ckpt.pth", legacy=fmt == "fast_adversarial")
-    converted = convert.convert(path, arch="resnet18", stem="cifar")
+    # A 10-class checkpoint without its own normalizer needs mean/std spelled out.
+    given = {} if fmt in _NORMALIZER else dict(mean=data.IMAGENET_MEAN, std=data.IMAGENET_STD)
+    converted = convert.convert(path, arch="resnet18", stem="cifar", **given)
     assert converted.meta["format"] == fmt.replace("_bare", "")
+    assert converted.meta["normalization"] == ("argument" if given else "checkpoint")
     images = np.random.RandomState(1).rand(4, 32, 32, 3).astype("float32")
     _assert_same_logits(converted.model(images, training=False).numpy(),
                         _torch_logits(model, images, _NORMALIZER.get(fmt)))
@@ -128,6 +131,22 @@ def test_ticket_zeros_match_torch_masks_exactly(tmp_path):
         np.testing.assert_array_equal(kernel != 0, mask.transpose(2, 3, 1, 0) != 0)
         np.testing.assert_array_equal(converted.masks[name], mask.transpose(2, 3, 1, 0) != 0)
     assert converted.meta["sparsity"] == pytest.approx(0.6, abs=1e-6)
+
+
+def test_reference_standard_transfer_checkpoint_needs_its_normalization(tmp_path):
+    # main_std_eval.py saves a plain masked ResNet with a downstream head; its inputs
+    # were normalized by the data loader with CIFAR-10's statistics, not recorded.
+    model = _prune_globally(_torch_model("resnet18", "cifar", base_width=8), 0.5)
+    torch.save({"state_dict": model.state_dict(), "best_sa": 50.0},
+               str(tmp_path / "std_transfer.pth"))
+    path = str(tmp_path / "std_transfer.pth")
+    with pytest.raises(convert.CheckpointError, match=r"10 classes\) holds no normalization"):
+        convert.convert(path, "resnet18", "cifar")
+    cifar10 = data.STATS["cifar10"]
+    converted = convert.convert(path, "resnet18", "cifar", *cifar10)
+    assert converted.meta["format"] == "double_win_ticket" and converted.masks
+    images = np.random.RandomState(4).rand(2, 32, 32, 3).astype("float32")
+    _assert_same_logits(converted.model(images).numpy(), _torch_logits(model, images, cifar10))
 
 
 def test_explicit_normalization_overrides_checkpoint(tmp_path):

@@ -178,7 +178,7 @@ def test_double_win_logic_on_constructed_results():
     row, reason = report.choose_export(none, report.analyze(none))
     assert row["ticket"] == "round 10" and "no ticket is double-win" in reason
     text = report.markdown(rows, summary, 0.0, reason)
-    assert "| round 6 | 73.79% |" in text and "Sparsest double-win ticket: **round 6**" in text
+    assert "| round 6 | imp | 73.79% |" in text and "Sparsest double-win ticket: **round 6**" in text
 
 
 # ------------------------------------------------------------------- end to end
@@ -419,3 +419,120 @@ def test_study_killed_anywhere_resumes_to_an_uninterrupted_runs_results(tiny_stu
                for d in (workdir, reference)]
     for a, b in zip(*kernels):
         assert (a.numpy() == b.numpy()).all(), a.name
+
+
+# ------------------------------------------------------ seeds, baselines, audit
+
+def _rows_over_seeds(ticket, values, sparsity=0.0):
+    return [dict(_row(ticket, regime, sa, ra, sparsity), seed=seed,
+                 method="dense" if ticket == "dense" else "imp")
+            for seed, (sa, ra) in enumerate(values, start=1) for regime in report.REGIMES]
+
+
+def test_seeds_are_averaged_and_the_std_rule_uses_the_dense_spread():
+    rows = _rows_over_seeds("dense", [(80, 40), (82, 41), (84, 42)])     # 82 +- 2, 41 +- 1
+    rows += _rows_over_seeds("round 6", [(80, 40), (81, 41), (80.5, 40.5)], 0.7379)  # 80.5, 40.5
+    (strict,) = report.analyze(rows, 0.0, "tolerance").values()
+    (spread,) = report.analyze(rows, 0.0, "std").values()
+    assert spread["dense"]["standard"] == {"sa": 82.0, "sa_std": 2.0, "ra": 41.0,
+                                           "ra_std": 1.0, "n": 3}
+    assert strict["tickets"][0]["double_win"] is False   # 80.5 < 82
+    assert spread["tickets"][0]["double_win"] is True    # 80.5 >= 82 - 2, 40.5 >= 41 - 1
+    text = report.markdown(rows, report.analyze(rows, 0.0, "std"), 0.0, rule="std")
+    assert "rule `std`" in text and "Seeds: 1, 2, 3 (values: mean ± sample standard" in text
+    assert "| dense | | 0.00% | 82.00 ± 2.00 | 41.00 ± 1.00 |" in text
+    # The export takes, among the seeds, the run with the best validation RA.
+    for r in rows:
+        r["val_ra"] = {1: 30.0, 2: 35.0, 3: 31.0}[r["seed"]]
+    row, _ = report.choose_export(rows, report.analyze(rows, 0.0, "std"))
+    assert (row["ticket"], row["regime"], row["seed"]) == ("round 6", "adversarial", 2)
+
+
+def test_seeds_give_per_seed_cells(tiny_study, tmp_path):
+    workdir, rows, _ = tiny_study
+    copy = str(shutil.copytree(workdir, tmp_path / "study"))
+    config = load_config("study", "tiny")
+    config.seeds = (1, 7)
+    config.export.enabled = False
+    calls = []
+
+    def fake_transfer(pretrained, ticket, dataset, spec, cell, *args, **kwargs):
+        calls.append((os.path.basename(ticket) if ticket else "dense", spec.mode, spec.seed,
+                      cell))
+        best = train.CheckpointResult("best_sa", 0, 50.0, 20.0, 40.0 + spec.seed, 20.0)
+        return train.TrainResult(cell, 1, best, dataclasses.replace(best, checkpoint="best_ra"),
+                                 None, {}, 0.0, 0.0)
+    with mock.patch.object(train, "_train", side_effect=AssertionError("retrained")), \
+            mock.patch.object(transfer, "run", side_effect=fake_transfer):
+        again, _ = study.run(config, copy, log=lambda *_: None)
+    # Seed 1's cells are the finished ones; seed 7 gets a cell of its own per transfer.
+    assert sorted(c[:3] for c in calls) == sorted(
+        (t, m, 7) for t in ("dense", "round_01", "round_02") for m in ("standard", "pgd"))
+    old_cells = {os.path.join(copy, r["cell"]) for r in rows}
+    assert not {c[3] for c in calls} & old_cells and len({c[3] for c in calls}) == 6
+    assert sorted({r["seed"] for r in again}) == [1, 7] and len(again) == 12
+    assert "Seeds: 1, 7 (values: mean ± sample standard deviation" in open(
+        os.path.join(copy, "report.md")).read()
+
+
+def test_baselines_reach_the_exact_sparsity_and_flow_through_transfer(tiny_study, tmp_path):
+    workdir, _, _ = tiny_study
+    copy = str(shutil.copytree(workdir, tmp_path / "study"))
+    config = load_config("study", "tiny")
+    config.tickets = (2,)
+    config.pruning.methods = ("imp", "omp", "random")
+    config.export.enabled = False
+    with mock.patch.object(train, "_train", wraps=train._train) as trained:
+        rows, summary = study.run(config, copy, log=lambda *_: None)
+    assert trained.call_count == 4  # omp and random x standard and adversarial
+    (imp_ticket,) = glob.glob(os.path.join(copy, "cells", "imp_*", "tickets", "round_02"))
+    imp_masks, _ = tickets.load(imp_ticket)
+    for method in ("omp", "random"):
+        (path,) = [os.path.join(p, "ticket") for p in glob.glob(os.path.join(copy, "cells",
+                                                                              "baseline_*"))
+                   if tickets.load(os.path.join(p, "ticket"))[1]["method"] == method]
+        masks, meta = tickets.load(path)
+        assert set(masks) == set(imp_masks)  # the same layers (every conv)
+        assert sum(int((~m).sum()) for m in masks.values()) == sum(
+            int((~m).sum()) for m in imp_masks.values())
+        assert any((masks[n] != imp_masks[n]).any() for n in masks)
+        assert {(r["regime"], r["sparsity"]) for r in rows if r["method"] == method} == {
+            ("standard", meta["sparsity"]), ("adversarial", meta["sparsity"])}
+    (group,) = summary.values()
+    assert [v["method"] for v in group["tickets"]] == ["imp", "omp", "random"]
+    text = open(os.path.join(copy, "report.md")).read()
+    assert "| round 2 | omp | 64.00% |" in text and "Sparsest double-win baseline:" in text
+    with open(os.path.join(copy, "results.csv")) as f:
+        assert {r["method"] for r in csv.DictReader(f)} == {"dense", "imp", "omp", "random"}
+
+
+def test_audit_stage_and_binary(tiny_study, tmp_path):
+    workdir, rows, _ = tiny_study
+    copy = str(shutil.copytree(workdir, tmp_path / "study"))
+    config = load_config("study", "tiny")
+    config.audit.enabled = True
+    with mock.patch.object(train, "_train", side_effect=AssertionError("retrained")):
+        audited, _ = study.run(config, copy, log=lambda *_: None)
+    with_audit = [r for r in audited if "audit_worst_case_ra" in r]
+    assert {(r["method"], r["regime"]) for r in with_audit} == {
+        ("dense", "standard"), ("dense", "adversarial"), ("imp", "adversarial")}
+    for r in with_audit:
+        assert r["audit_worst_case_ra"] <= min(r[f"audit_{a}_ra"] for a in report.AUDIT_ATTACKS)
+    info = json.load(open(os.path.join(copy, "export", "1", "assets", "ticket.json")))
+    assert info["audit"]["examples"] == 50 and info["audit"]["attacks"]["apgd_ce"]["steps"] == 5
+    text = open(os.path.join(copy, "report.md")).read()
+    assert "## Robustness audit" in text and "| APGD-CE | APGD-DLR | Square | worst case" in text
+    # The binary, on a study cell; bad input is one line.
+    cell = os.path.join(copy, with_audit[0]["cell"])
+    out = subprocess.run([sys.executable, os.path.join(REPO, "trainers", "audit.py"),
+                          f"--run={cell}", "--examples=20", "--apgd_steps=2",
+                          "--square_queries=5"], capture_output=True, text=True, timeout=600,
+                         cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "20 test examples" in out.stdout and "worst case over all attacks" in out.stdout
+    assert json.load(open(os.path.join(cell, "audit.json")))["examples"] == 20
+    for flags_, message in ((["--run=/nonexistent", "--eps=0.1"], "is not a transfer run"),
+                            ([f"--run={cell}", "--eps=2"], "audit.eps=2.0: must be in [0, 1]")):
+        out = subprocess.run([sys.executable, os.path.join(REPO, "trainers", "audit.py"),
+                              *flags_], capture_output=True, text=True, timeout=600, cwd=REPO)
+        assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr

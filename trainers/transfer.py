@@ -4,15 +4,15 @@ r"""Transfers one ticket (or the dense pre-trained model) to one downstream task
       --pretrained=weights/robust_resnet50 --ticket=runs/imp/tickets/round_10 \
       --workdir=runs/transfer --data_dir=~/tensorflow_datasets
 
-Without --ticket the dense model is transferred. Rerunning the same command resumes an
+Without --ticket the dense model is transferred; --config.seeds=1,2,3 runs it once per
+seed (in <workdir>/seed_<s>) and prints the mean and standard deviation. Rerunning the same command resumes an
 interrupted run; a finished run is reported, not retrained. A workdir holding a run with
 other settings, weights, ticket or data is refused (--overwrite moves it aside).
 """
 from absl import app, flags
 from ml_collections import config_flags
 
-from dwlt_tf import cli
-from dwlt_tf import transfer
+from dwlt_tf import cli, report, transfer
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "configs/transfer.py[:variant]")
@@ -25,14 +25,25 @@ def main(argv):
     del argv
     with cli.reported("transfer"):
         config, dataset, spec = cli.training_config(FLAGS.config, FLAGS.data_dir,
-                                                    ("dataset", "train", "runtime"))
+                                                    ("dataset", "train", "runtime", "seeds"))
+        seeds = cli.seeds(config)
         strategy = cli.setup(config)
-        result = transfer.run(FLAGS.pretrained, FLAGS.ticket, dataset, spec, FLAGS.workdir,
-                              strategy, overwrite=FLAGS.overwrite)
-    for best in (result.best_sa, result.best_ra):
-        print(f"{best.checkpoint} checkpoint (epoch {best.epoch + 1}): test SA "
-              f"{_pct(best.test_sa)}, test RA {_pct(best.test_ra)}")
-    print(f"results: {FLAGS.workdir}/result.json")
+        if seeds:
+            results = transfer.run_seeds(FLAGS.pretrained, FLAGS.ticket, dataset, spec, seeds,
+                                         FLAGS.workdir, strategy, overwrite=FLAGS.overwrite)
+        else:
+            results = [transfer.run(FLAGS.pretrained, FLAGS.ticket, dataset, spec,
+                                    FLAGS.workdir, strategy, overwrite=FLAGS.overwrite)]
+    for seed, result in zip(seeds or [spec.seed], results):
+        for best in (result.best_sa, result.best_ra):
+            print(f"seed {seed}, {best.checkpoint} checkpoint (epoch {best.epoch + 1}): test "
+                  f"SA {_pct(best.test_sa)}, test RA {_pct(best.test_ra)}")
+    if len(results) > 1 and results[0].best_sa.test_sa is not None:
+        sa = report.mean_std([r.best_sa.test_sa for r in results])
+        ra = report.mean_std([r.best_ra.test_ra or 0.0 for r in results])
+        print(f"over seeds {list(seeds)}: test SA {sa[0]:.2f} +- {sa[1]:.2f}%, test RA "
+              f"{ra[0]:.2f} +- {ra[1]:.2f}% (best-SA / best-RA checkpoints)")
+    print(f"results: {FLAGS.workdir}/{'seed_<s>/' if seeds else ''}result.json")
 
 
 def _pct(value):

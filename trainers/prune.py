@@ -1,0 +1,52 @@
+r"""One-shot baseline tickets of pre-trained weights: OMP (global magnitude) or random.
+
+  python trainers/prune.py --pretrained=weights/robust_resnet50 --method=omp \
+      --like=runs/imp/tickets/round_10 --output=tickets/omp_round_10
+  python trainers/prune.py --pretrained=weights/robust_resnet50 --method=random \
+      --sparsity=0.8926 --seed=0 --output=tickets/random_89
+
+--like takes an IMP ticket and prunes exactly as many weights (equal sparsity, the same
+layers: every conv); --sparsity a fraction. The output is a ticket directory (masks.npz
++ ticket.json, never overwritten) that trainers/transfer.py --ticket takes.
+"""
+import os
+
+from absl import app, flags
+
+from dwlt_tf import cli, convert, errors, imp, tickets
+
+FLAGS = flags.FLAGS
+cli.define_weights_flags()
+flags.DEFINE_enum("method", "omp", list(imp.BASELINES), "Pruning baseline.")
+flags.DEFINE_string("like", None, "IMP ticket whose number of pruned weights to match.")
+flags.DEFINE_float("sparsity", None, "Fraction of conv weights to prune, in [0, 1).")
+flags.DEFINE_integer("seed", 0, "Seed of the random baseline.")
+flags.DEFINE_string("output", None, "New ticket directory.")
+flags.mark_flag_as_required("output")
+
+
+def main(argv):
+    del argv
+    with cli.reported("prune"):
+        if (FLAGS.like is None) == (FLAGS.sparsity is None):
+            raise errors.ConfigError("give exactly one of --like=<ticket> and --sparsity")
+        if FLAGS.sparsity is not None and not 0.0 <= FLAGS.sparsity < 1.0:
+            raise errors.ConfigError(f"--sparsity={FLAGS.sparsity}: must be in [0, 1)")
+        if os.path.exists(FLAGS.output):
+            raise errors.OutputExistsError(f"--output={FLAGS.output!r} exists; tickets "
+                                               "are never overwritten")
+        pruned = None
+        if FLAGS.like:
+            masks, _ = tickets.load(FLAGS.like)
+            pruned = sum(int(m.size - m.sum()) for m in masks.values())
+        meta = convert.load_meta(FLAGS.pretrained)
+        path = imp.baseline_ticket(lambda: convert.load_converted(FLAGS.pretrained).model,
+                                   FLAGS.method, FLAGS.output, pruned=pruned,
+                                   sparsity=FLAGS.sparsity, seed=FLAGS.seed,
+                                   meta={"source_sha256": meta["source_sha256"],
+                                         "arch": meta["arch"], "like": FLAGS.like})
+    print(f"{path}: {FLAGS.method}, sparsity {100 * tickets.load(path)[1]['sparsity']:.2f}%")
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=cli.parse_flags)
