@@ -29,7 +29,7 @@ import keras_tuner
 from keras_tuner.src.engine import base_tuner
 
 from dwlt_tf import config as cfg
-from dwlt_tf import convert, data, files, identity, tickets, train, transfer
+from dwlt_tf import convert, data, files, identity, report, tickets, train, transfer
 
 OBJECTIVES = ("val_sa", "val_ra", "weighted")
 ORACLES = ("random", "bayesian", "hyperband")
@@ -165,6 +165,9 @@ def search(pretrained, ticket, dataset, base_spec, tune_config, workdir, strateg
         for metric in ("val_sa", "val_ra", "weighted"):
             if trial.metrics.exists(metric):
                 row[metric] = trial.metrics.get_last_value(metric)
+        if "val_ra" in row:  # every reported RA names the attack behind it
+            row["ra_attack"] = report.attack_label(
+                train.attack_description(base_spec.eval_attack))
         rows.append(row)
     best = tuner.oracle.get_best_trials(1)[0]
     best_values = {k: v for k, v in best.hyperparameters.values.items()}
@@ -195,7 +198,7 @@ def summary(rows):
     """A printable table of the trials."""
     columns = [c for c in ("trial", "status", "score", "val_sa", "val_ra") if any(
         c in r for r in rows)]
-    params = sorted({k for r in rows for k in r} - set(columns) - {"weighted"})
+    params = sorted({k for r in rows for k in r} - set(columns) - {"weighted", "ra_attack"})
     header = columns + params
     lines = [" | ".join(header)]
     for r in rows:

@@ -27,7 +27,8 @@ def test_imp_presets_are_the_references():
         assert (spec.mode, spec.epochs, spec.lr, spec.weight_decay, spec.batch_size,
                 spec.momentum, spec.schedule, spec.warmup_epochs) == (
             mode, 30, 0.0005, 1e-4, 2048, 0.9, "constant", 0)
-        assert cfg.imp_spec(config.imp).fraction == 0.2
+        # The reference saves tickets 1-19 (570 epochs of 30-epoch rounds).
+        assert (cfg.imp_spec(config.imp).fraction, cfg.imp_spec(config.imp).rounds) == (0.2, 19)
         if mode == "pgd":
             assert spec.attack.eps == 8 / 255 and spec.attack.steps == 3
             assert spec.attack.step_size == pytest.approx(16 / (3 * 255))
@@ -48,7 +49,9 @@ def test_transfer_presets_are_the_references():
         assert (adv.attack.eps, adv.attack.step_size, adv.attack.steps) == (8 / 255, 2 / 255, 10)
         assert (adv.eval_attack.eps, adv.eval_attack.step_size, adv.eval_attack.steps) == pgd20
     svhn = cfg.train_spec(load_config("transfer", "adv_svhn").train)
-    assert (svhn.lr, svhn.epochs, svhn.schedule) == (0.01, 80, "cosine")
+    # main_adv_eval_svhn.py validates every epoch (CIFAR's script from epoch 45 on).
+    assert (svhn.lr, svhn.epochs, svhn.schedule, svhn.eval_start_epoch) == (0.01, 80, "cosine", 0)
+    assert cfg.train_spec(load_config("transfer", "adv_cifar10").train).eval_start_epoch == 45
     for variant in ("std_cifar10", "adv_svhn"):
         spec = cfg.data_spec(load_config("transfer", variant).dataset)
         assert (spec.image_size, spec.augment, spec.data_rate) == (224, "imagenet", 1.0)
@@ -80,8 +83,14 @@ def test_every_config_variant_validates(tmp_path):
     assert plan.transfer["adversarial:svhn"].schedule == "cosine"
     assert plan.pretrainings["adversarial"]["imp"].mode == "pgd"
     assert plan.pretrainings["standard"]["imp"].mode == "standard"
-    for variant in ("quickstart", "tiny"):
+    for variant in ("quickstart", "audit", "tiny"):
         study.plan(load_config("study", variant))
+    paper.tickets = ("all",)  # what --config.tickets=all hands over: every saved round
+    everything = study.plan(paper)
+    assert everything.ticket_rounds == list(range(1, 12)) and everything.rule == "std"
+    assert everything.seeds == [1, 2, 3] and everything.methods == ["imp", "omp", "random"]
+    assert everything.baseline_rounds == everything.ticket_rounds
+    assert everything.audit.square_queries == 5000 and everything.audit.eps is None
 
 
 @pytest.mark.parametrize("edit,match", [
@@ -101,6 +110,16 @@ def test_every_config_variant_validates(tmp_path):
     (lambda c: c.export.update({"version": 0}), r"export.version=0: must be a positive int"),
     (lambda c: c.transfer.update({"adversarial:svhn": c.transfer.adversarial.to_dict()}),
      r"transfer.adversarial:svhn: dataset 'svhn' is not among downstream.datasets"),
+    (lambda c: c.update({"seeds": (1, 1)}), r"seeds=\(1, 1\): give one or more distinct"),
+    (lambda c: c.report.update({"rule": "sigma"}), r"report.rule='sigma': choose one of"),
+    (lambda c: c.pruning.update({"methods": ("omp",)}), r"pruning.methods=\('omp',\).*'imp' "
+                                                         r"included"),
+    (lambda c: c.pruning.update({"methods": ("imp", "snip")}), r"choose among"),
+    (lambda c: c.pruning.update({"rounds": (5,)}), r"pruning.rounds=\(5,\): rounds \[5\] are "
+                                                   r"not among the transferred tickets"),
+    (lambda c: c.audit.update({"enabled": True, "eps": 1.5}), r"audit.eps=1.5: must be in"),
+    (lambda c: c.audit.update({"enabled": True, "steps": 3}), r"audit.steps: unknown key"),
+    (lambda c: c.update({"tickets": ("some",)}), r"tickets=\('some',\): give round numbers"),
 ])
 def test_bad_configs_are_rejected_naming_key_and_value(edit, match):
     config = load_config("study", "tiny")
