@@ -52,5 +52,6 @@ def get_config(variant="imagenet_std"):
         config.train.update(dict(mode="pgd", epochs=2, batch_size=64, lr=0.01,
                                  checkpoint_every_steps=0))
     config.runtime = ml_collections.ConfigDict(dict(strategy="auto", intra_op_threads=0,
-                                                    inter_op_threads=1, deterministic=False))
+                                                    inter_op_threads=1, deterministic=False,
+                                                    jit_compile=False))
     return config

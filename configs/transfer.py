@@ -59,7 +59,8 @@ def dataset(name="cifar10", data_rate=1.0):
 
 def runtime():
     return ml_collections.ConfigDict(dict(strategy="auto", intra_op_threads=0,
-                                          inter_op_threads=1, deterministic=False))
+                                          inter_op_threads=1, deterministic=False,
+                                          jit_compile=False))
 
 
 def get_config(variant="std_cifar10"):

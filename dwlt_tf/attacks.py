@@ -15,7 +15,13 @@ changes that the engine needs:
   graph" error. The attack always runs inside a tf.function of ours instead (the
   training step, or one compiled per model for eager callers);
 * a step larger than eps is allowed, which FGSM with random start (Wong et al. 2020,
-  step 1.25 eps) needs and CleverHans's PGD asserts against.
+  step 1.25 eps) needs and CleverHans's PGD asserts against;
+* under float16 compute (`mixed_float16`) the loss is scaled by a power of two before
+  the input gradient is taken (`scaled_cross_entropy`): the cross-entropy's gradient
+  of a confident example (softmax - onehot, ~1e-8) underflows in float16 as it is
+  back-propagated, `sign(0) = 0` and PGD stalls exactly on the examples the model is
+  good at, overstating RA. Only the gradient's sign is used, and multiplying by a power
+  of two is exact in floating point, so the scaling changes nothing else.
 
 For steps <= eps the result equals `projected_gradient_descent(..., rand_init=False)`
 started from the same point (tested).
@@ -34,7 +40,10 @@ import numpy as np
 
 import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import tensorflow as tf
+import tf_keras
 from cleverhans.tf2.utils import clip_eta, compute_gradient, optimize_linear
+
+from dwlt_tf import pruning_wrapper, runtime
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +85,46 @@ def preset(name):
 _input_gradient = compute_gradient.python_function
 
 
-def _pgd(model_fn, images, labels, eps, step_size, steps, random_start, noise):
+def _power_of_two_at_or_below(x):
+    """2**floor(log2(x)) for positive finite float32 x (1 elsewhere), built exactly."""
+    exponent = tf.math.floor(tf.math.log(x) / np.log(2.0))
+    exponent = tf.where(tf.math.is_finite(exponent), exponent, 0.0)
+    exponent = tf.cast(tf.clip_by_value(exponent, -120.0, 120.0), tf.int32)
+    return tf.bitcast(tf.bitwise.left_shift(exponent + 127, 23), tf.float32)
+
+
+def scaled_cross_entropy(per_example):
+    """A cross-entropy whose gradient at the logits is scaled by powers of two to ~1.
+
+    The scale makes the largest |softmax - onehot| entry land in [1, 2) -- per example
+    when `per_example` (inference mode: examples are independent, so every example's
+    input gradient keeps its direction), else one scale for the batch (training mode:
+    BatchNorm's batch statistics mix the examples' gradients, so only a common factor
+    keeps the summed loss's gradient direction). Powers of two keep every float op
+    exact, so where nothing underflows the gradient's sign equals the unscaled one.
+    """
+    def loss_fn(labels, logits):
+        logits = tf.cast(logits, tf.float32)
+        loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+        logit_grad = tf.nn.softmax(logits) - tf.one_hot(labels, tf.shape(logits)[-1])
+        largest = tf.reduce_max(tf.abs(logit_grad), axis=-1)
+        if not per_example:
+            largest = tf.reduce_max(largest)
+        scale = tf.stop_gradient(1.0 / _power_of_two_at_or_below(largest))
+        return loss * scale
+    return loss_fn
+
+
+def computes_in_float16(model):
+    """True when some layer of `model` computes in float16 (`mixed_float16`)."""
+    if not isinstance(model, tf_keras.Model):
+        return getattr(model, "compute_dtype", "float32") == "float16"
+    return any(layer.compute_dtype == "float16" for layer in model.submodules
+               if isinstance(layer, tf_keras.layers.Layer))
+
+
+def _pgd(model_fn, images, labels, eps, step_size, steps, random_start, noise,
+         loss_fn=tf.nn.sparse_softmax_cross_entropy_with_logits):
     images = tf.convert_to_tensor(images, tf.float32)
     if random_start:
         if noise is None:
@@ -88,12 +136,23 @@ def _pgd(model_fn, images, labels, eps, step_size, steps, random_start, noise):
 
     for _ in range(steps):
         # CleverHans's fast_gradient_method (L-inf, clipped to [0, 1]), step by step.
-        grad = _input_gradient(model_fn, tf.nn.sparse_softmax_cross_entropy_with_logits,
-                               adv, labels, False)
+        grad = _input_gradient(model_fn, loss_fn, adv, labels, False)
         adv = tf.clip_by_value(adv + optimize_linear(grad, step_size, np.inf), 0.0, 1.0)
         eta = clip_eta(adv - images, np.inf, eps)
         adv = tf.clip_by_value(images + eta, 0.0, 1.0)
     return tf.stop_gradient(adv)
+
+
+def _attack(model, images, labels, eps, step_size, steps, random_start, noise, training,
+            scale_loss):
+    if scale_loss is None:
+        scale_loss = computes_in_float16(model)
+    loss_fn = (scaled_cross_entropy(per_example=not training) if scale_loss
+               else tf.nn.sparse_softmax_cross_entropy_with_logits)
+    # The weights do not change during the attack: mask (and cast) the kernels once.
+    with pruning_wrapper.kernel_snapshot(model):
+        return _pgd(lambda x: model(x, training=training), images, labels, eps, step_size,
+                    steps, random_start, noise, loss_fn)
 
 
 # Eager callers get one compiled attack per (model, settings): CleverHans's
@@ -104,31 +163,26 @@ def _pgd(model_fn, images, labels, eps, step_size, steps, random_start, noise):
 _COMPILED = weakref.WeakKeyDictionary()
 
 
-def _compiled(model, training, eps, step_size, steps, random_start, with_noise):
+def _compiled(model, *settings, with_noise, jit_compile):
     per_model = _COMPILED.setdefault(model, {})
-    key = (bool(training), float(eps), float(step_size), int(steps), bool(random_start),
-           with_noise)
+    key = (settings, with_noise, jit_compile)
     if key not in per_model:
         model_ref = weakref.ref(model)
+        eps, step_size, steps, random_start, training, scale_loss = settings
 
-        def model_fn(x):
-            return model_ref()(x, training=training)
+        def attack(x, y, n=None):
+            return _attack(model_ref(), x, y, eps, step_size, steps, random_start, n,
+                           training, scale_loss)
         spec = tf.TensorSpec([None, None, None, 3], tf.float32)
         label_spec = tf.TensorSpec([None], tf.int64)
-        if with_noise:
-            fn = tf.function(lambda x, y, n: _pgd(model_fn, x, y, eps, step_size, steps,
-                                                  random_start, n),
-                             input_signature=[spec, label_spec, spec])
-        else:
-            fn = tf.function(lambda x, y: _pgd(model_fn, x, y, eps, step_size, steps,
-                                               random_start, None),
-                             input_signature=[spec, label_spec])
-        per_model[key] = fn
+        signature = [spec, label_spec] + ([spec] if with_noise else [])
+        per_model[key] = tf.function(attack, input_signature=signature,
+                                     jit_compile=jit_compile)
     return per_model[key]
 
 
 def pgd_attack(model, images, labels, eps, step_size, steps, random_start=True,
-               noise=None, training=False):
+               noise=None, training=False, scale_loss=None):
     """L-inf PGD adversarial examples (NHWC float32 in [0, 1]).
 
     Args:
@@ -141,16 +195,22 @@ def pgd_attack(model, images, labels, eps, step_size, steps, random_start=True,
       noise: optional [-1, 1] tensor shaped like `images` giving the random start.
       training: run the model in training mode (BatchNorm batch statistics and running
         statistic updates, as the reference's training-time attacks).
+      scale_loss: scale the loss by powers of two so float16 input gradients cannot
+        underflow (`scaled_cross_entropy`); None: when the model computes in float16.
     """
     validate(eps, step_size, steps)
     labels = tf.cast(labels, tf.int64)
     if tf.executing_eagerly():
-        fn = _compiled(model, training, eps, step_size, steps, random_start, noise is not None)
-        args = (images, labels) if noise is None else (images, labels, noise)
-        return fn(*[tf.convert_to_tensor(a, tf.float32) if i != 1 else a
-                    for i, a in enumerate(args)])
-    return _pgd(lambda x: model(x, training=training), images, labels, eps, step_size,
-                steps, random_start, noise)
+        settings = (float(eps), float(step_size), int(steps), bool(random_start),
+                    bool(training), scale_loss)
+        fn = _compiled(model, *settings, with_noise=noise is not None,
+                       jit_compile=runtime.jit_compile())
+        args = [tf.convert_to_tensor(images, tf.float32), labels]
+        if noise is not None:
+            args.append(tf.convert_to_tensor(noise, tf.float32))
+        return fn(*args)
+    return _attack(model, images, labels, eps, step_size, steps, random_start, noise,
+                   training, scale_loss)
 
 
 def attack_batch(model, attack: Attack, images, labels, noise=None, training=False):

@@ -209,6 +209,9 @@ class _KerasCall:
 
     def __init__(self, model):
         self.model = model
+        # A float16 Keras model gets the attack's loss scaling (attacks.computes_in_float16).
+        self.compute_dtype = ("float16" if isinstance(model, tf_keras.Model)
+                              and attacks.computes_in_float16(model) else "float32")
 
     def __call__(self, x, training=False):
         return self.model(x, training=training)

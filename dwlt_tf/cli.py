@@ -153,10 +153,10 @@ def setup(config):
     logging.getLogger("tensorflow").addFilter(_QuietRetracing())
     section = cfg.to_dict(config.get("runtime", {})) or {}
     cfg.check_keys(section, ("strategy", "intra_op_threads", "inter_op_threads",
-                             "deterministic"), "runtime")
+                             "deterministic", "jit_compile"), "runtime")
     try:
         runtime.configure(section.get("intra_op_threads", 0), section.get("inter_op_threads", 1),
-                          section.get("deterministic", False))
+                          section.get("deterministic", False), section.get("jit_compile", False))
         return runtime.strategy(section.get("strategy", "auto"))
     except ValueError as e:
         raise cfg.ConfigError(f"runtime: {e}") from None

@@ -11,7 +11,7 @@ from typing import Optional
 import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import tensorflow as tf
 
-from dwlt_tf import attacks, data, pipeline
+from dwlt_tf import attacks, data, pipeline, runtime
 
 
 @dataclasses.dataclass
@@ -35,6 +35,8 @@ class Evaluator:
         self.model = model
         self.attack = attack
         self.strategy = strategy or tf.distribute.get_strategy()
+        self._replica_fn = (tf.function(self._replica_step, jit_compile=True)
+                            if runtime.jit_compile() else self._replica_step)
         self._step = tf.function(self._distributed_step, reduce_retracing=True)
 
     def _replica_step(self, batch):
@@ -54,7 +56,7 @@ class Evaluator:
         return tf.stack([correct, robust, loss, count])
 
     def _distributed_step(self, batch):
-        per_replica = self.strategy.run(self._replica_step, args=(batch,))
+        per_replica = self.strategy.run(self._replica_fn, args=(batch,))
         return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
     def __call__(self, splits: data.Splits, split: str, batch_size: int, seed: int = 0

@@ -17,9 +17,18 @@ and leave all state alone -- and the training loop calls `apply_masks` after eve
 optimizer update so the stored kernels stay exactly zero where pruned (which also makes
 `strip_pruning` give sparse kernels).
 
+Within `kernel_snapshot(model)` every wrapper uses a masked (and, under mixed precision,
+cast) kernel computed once on entry instead of re-multiplying at each call: an attack's
+iterations run on weights that do not change, so PGD-k pays for the mask and the cast
+once per training step instead of k + 1 times, with bit-identical results (the same ops
+on the same values, only not repeated).
+
 Wrapped models save and reload (`tf_keras.models.load_model`, checkpoints) without the
 user passing custom objects: the classes are registered with Keras on import.
 """
+import contextlib
+import threading
+
 import numpy as np
 
 import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
@@ -75,9 +84,16 @@ class GlobalMaskWrapper(_PruneLowMagnitude):
     def kernel(self):
         return self.layer.kernel
 
+    def masked_kernel(self, dtype=None):
+        """kernel * mask in `dtype` (default: the wrapper's compute dtype), as `call` uses it."""
+        kernel = tf.cast(self.layer.kernel, dtype or self.compute_dtype)
+        return kernel * tf.cast(self.mask, kernel.dtype)
+
     def call(self, inputs, training=None, **kwargs):
         layer = self.layer
-        kernel = layer.kernel * tf.cast(self.mask, layer.kernel.dtype)
+        kernel = _snapshot_kernels().get(id(self))
+        if kernel is None:
+            kernel = layer.kernel * tf.cast(self.mask, layer.kernel.dtype)
         if isinstance(layer, tf_keras.layers.Conv2D):
             outputs = layer.convolution_op(inputs, kernel)
             if layer.use_bias:
@@ -101,6 +117,33 @@ class GlobalMaskWrapper(_PruneLowMagnitude):
                 tf_keras.utils.get_custom_objects().items() if name.startswith("dwlt_tf>")}
         config["layer"] = tf_keras.layers.deserialize(config.pop("layer"), custom_objects=ours)
         return cls(**config)
+
+
+# Per thread: MirroredStrategy runs each replica's function in its own thread, and each
+# replica must see the kernels it read from its own copy of the variables.
+_SNAPSHOT = threading.local()
+
+
+def _snapshot_kernels():
+    return getattr(_SNAPSHOT, "kernels", None) or {}
+
+
+@contextlib.contextmanager
+def kernel_snapshot(model):
+    """Within the block, `model`'s wrappers compute with masked kernels read on entry.
+
+    For code that runs the model many times on unchanged weights (attack iterations).
+    The weights must not change inside the block; models without wrappers (or objects
+    that are not Keras models) are run as they are.
+    """
+    layers = wrappers(model) if isinstance(model, tf_keras.Model) else {}
+    previous = _snapshot_kernels()
+    _SNAPSHOT.kernels = {**previous,
+                         **{id(w): tf.stop_gradient(w.masked_kernel()) for w in layers.values()}}
+    try:
+        yield
+    finally:
+        _SNAPSHOT.kernels = previous
 
 
 def wrap(model, prunable=("conv",), schedule=None):

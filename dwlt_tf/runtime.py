@@ -14,10 +14,16 @@ import tensorflow as tf
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 _STRATEGY_CACHE = {}
+_JIT_COMPILE = [False]
 
 
-def configure(intra_op_threads=0, inter_op_threads=1, deterministic=False):
-    """Sets thread pools (0 = TF's choice) and optional op determinism.
+def jit_compile():
+    """Whether training steps, attacks and evaluation compile with XLA (`configure`)."""
+    return _JIT_COMPILE[0]
+
+
+def configure(intra_op_threads=0, inter_op_threads=1, deterministic=False, jit_compile=False):
+    """Sets thread pools (0 = TF's choice), optional op determinism and XLA.
 
     Args:
       intra_op_threads: threads inside one op (0: all cores).
@@ -25,7 +31,14 @@ def configure(intra_op_threads=0, inter_op_threads=1, deterministic=False):
         CPU; 0 restores TF's default).
       deterministic: `tf.config.experimental.enable_op_determinism()`, making reruns
         and resumed runs bit-identical (slower on GPU).
+      jit_compile: compile each replica's training step, the attacks of eager callers
+        and each evaluation step with XLA. A GPU setting: same results up to float
+        rounding (tests/test_runtime.py), but several times slower on CPU
+        (benchmarks/README.md). Applies to steps built after the call.
     """
+    if not isinstance(jit_compile, bool):
+        raise ValueError(f"jit_compile must be True or False, got {jit_compile!r}")
+    _JIT_COMPILE[0] = jit_compile
     for name, value in (("intra_op_threads", intra_op_threads),
                         ("inter_op_threads", inter_op_threads)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:

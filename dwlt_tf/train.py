@@ -39,7 +39,7 @@ import tensorflow as tf
 import tf_keras
 
 from dwlt_tf import (attacks, data, errors, evaluate, files, identity, optim, pipeline,
-                     pruning_wrapper)
+                     pruning_wrapper, runtime)
 
 MODES = ("standard", "fast_adversarial", "pgd")
 # float64 is for numerical checks (e.g. comparing strategies without float32 noise).
@@ -240,6 +240,10 @@ class TrainingRun:
         self.evaluator = evaluate.Evaluator(self.model, spec.eval_attack, strategy)
         self.val_evaluator = self.evaluator if spec.select_ra else evaluate.Evaluator(
             self.model, None, strategy)
+        # XLA compiles each replica's step (the iterator and the cross-replica re-masking
+        # stay outside: XLA cannot compile dataset ops).
+        self._replica_fn = (tf.function(self._replica_step, jit_compile=True)
+                            if runtime.jit_compile() else self._replica_step)
         self.train_step = tf.function(self._train_step)
 
     # ----------------------------------------------------------------- stepping
@@ -273,7 +277,7 @@ class TrainingRun:
 
     def _train_step(self, iterator):
         batch = next(iterator)
-        per_replica = self.strategy.run(self._replica_step, args=(batch,))
+        per_replica = self.strategy.run(self._replica_fn, args=(batch,))
         pruning_wrapper.apply_masks(self.model)
         return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 

@@ -160,3 +160,119 @@ def test_attacked_models_are_freed():
     model_ref = attack_a_model()
     gc.collect()
     assert model_ref() is None  # the compiled attack does not keep its model alive
+
+
+# ------------------------------------------------------------- float16 attacks
+def _confident_float16_copy(model, splits, scale=20.0):
+    """(float32 model, float16 copy) whose classifier is scaled `scale`x: confident."""
+    confident = tf_keras.models.clone_model(model)
+    confident.set_weights(model.get_weights())
+    fc = confident.get_layer("fc")
+    kernel, bias = fc.get_weights()
+    fc.set_weights([kernel * scale, bias * scale])
+    with train.precision_policy("mixed_float16"):
+        half = pruning_wrapper.wrap(models.build_resnet("resnet18", 5, "cifar",
+                                                        *splits.spec.mean_std, base_width=8))
+    half.set_weights(confident.get_weights())
+    assert attacks.computes_in_float16(half) and not attacks.computes_in_float16(confident)
+    return confident, half
+
+
+def _robust(model, images, labels, noise, **kwargs):
+    adv = attacks.pgd_attack(model, images, labels, 8 / 255, 2 / 255, 20, noise=noise, **kwargs)
+    return np.argmax(model(adv).numpy(), 1) == labels.numpy()
+
+
+def test_float16_pgd_agrees_with_float32_on_a_confident_model(trained):
+    model, splits = trained
+    confident, half = _confident_float16_copy(model, splits)
+    images, labels, noise = _batch(splits, 200)
+    with tf.GradientTape() as tape:  # the failure mode: gradients that underflow
+        tape.watch(images)
+        loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, half(images))
+    grads = tape.gradient(loss, images).numpy().reshape(200, -1)
+    all_zero = int(np.sum(np.all(grads == 0, axis=1)))
+    assert all_zero >= 50, f"the fixture is not confident enough: {all_zero} zero gradients"
+
+    full = _robust(confident, images, labels, noise)
+    scaled = _robust(half, images, labels, noise)               # the default for float16
+    unscaled = _robust(half, images, labels, noise, scale_loss=False)
+    assert abs(scaled.mean() - full.mean()) <= 0.01, (scaled.mean(), full.mean())
+    assert np.mean(scaled == full) >= 0.99
+    # Without the scaling, float16 PGD stalls and overstates RA (what the fix prevents).
+    assert unscaled.mean() >= full.mean() + 0.05, (unscaled.mean(), full.mean())
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_loss_scaling_leaves_float32_attacks_bit_identical(trained, training):
+    model, splits = trained
+    images, labels, noise = _batch(splits, 32)
+    before = [v.numpy() for v in model.variables]
+    plain = attacks.pgd_attack(model, images, labels, 8 / 255, 2 / 255, 3, noise=noise,
+                               training=training, scale_loss=False)
+    for value, v in zip(before, model.variables):
+        v.assign(value)
+    scaled = attacks.pgd_attack(model, images, labels, 8 / 255, 2 / 255, 3, noise=noise,
+                                training=training, scale_loss=True)
+    for value, v in zip(before, model.variables):
+        v.assign(value)
+    np.testing.assert_array_equal(plain.numpy(), scaled.numpy())
+
+
+def test_loss_scale_is_an_exact_power_of_two():
+    values = tf.constant([3e-9, 0.75, 1.0, 1.5, 65504.0, 0.0, np.inf], tf.float32)
+    scale = attacks._power_of_two_at_or_below(values).numpy()  # pylint: disable=protected-access
+    np.testing.assert_array_equal(scale, [2.0 ** -29, 0.5, 1.0, 1.0, 2.0 ** 15, 1.0, 1.0])
+
+
+# ------------------------------------------------ attacks on a per-step weight snapshot
+def _unsnapshotted_attack(model, training, steps):
+    """The attack as it ran before kernel snapshots: the wrappers mask at every call."""
+    @tf.function
+    def attack(images, labels, noise):
+        return attacks._pgd(lambda x: model(x, training=training),  # pylint: disable=protected-access
+                            images, labels, 8 / 255, 2 / 255, steps, True, noise)
+    return attack
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
+@pytest.mark.parametrize("training", [False, True])
+def test_snapshot_attack_is_bit_identical_to_masking_at_every_call(trained, precision,
+                                                                   training):
+    source, splits = trained
+    with train.precision_policy(precision):
+        model = pruning_wrapper.wrap(models.build_resnet("resnet18", 5, "cifar",
+                                                         *splits.spec.mean_std, base_width=8))
+    model.set_weights(source.get_weights())
+    images, labels, noise = _batch(splits, 32)
+    start = [v.numpy() for v in model.variables]
+    reference = _unsnapshotted_attack(model, training, 4)(images, labels, noise)
+    after_reference = [v.numpy() for v in model.variables]
+    for value, v in zip(start, model.variables):
+        v.assign(value)
+    ours = attacks.pgd_attack(model, images, labels, 8 / 255, 2 / 255, 4, noise=noise,
+                              training=training)
+    np.testing.assert_array_equal(reference.numpy(), ours.numpy())
+    for value, v in zip(after_reference, model.variables):  # same BN statistics updates
+        np.testing.assert_array_equal(value, v.numpy(), err_msg=v.name)
+
+
+def test_snapshot_masks_each_kernel_once_per_attack(trained):
+    model, splits = trained
+    spec = tf.TensorSpec([None, 32, 32, 3], tf.float32)
+    label_spec = tf.TensorSpec([None], tf.int64)
+
+    def multiplies(fn):
+        graph = tf.function(fn).get_concrete_function(spec, label_spec, spec).graph
+        ops = [op for f in [graph] + [graph._functions[k].graph  # pylint: disable=protected-access
+                                      for k in graph._functions] if hasattr(f, "get_operations")
+               for op in f.get_operations()]
+        return sum(op.type == "Mul" for op in ops)
+
+    steps, wrapped = 5, len(pruning_wrapper.wrappers(model))
+    before = multiplies(_unsnapshotted_attack(model, False, steps).python_function)
+    after = multiplies(lambda x, y, n: attacks.pgd_attack(model, x, y, 8 / 255, 2 / 255, steps,
+                                                          noise=n))
+    # Before: every wrapper masked its kernel in each of the steps + 0 forward passes
+    # whose gradient is taken; now once per attack.
+    assert before - after >= wrapped * (steps - 1), (before, after, wrapped)
