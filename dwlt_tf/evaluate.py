@@ -1,7 +1,10 @@
 """Standard accuracy (SA) and robust accuracy (RA, PGD-20 by default) on any split.
 
 Evaluation runs the model in inference mode (BatchNorm running statistics), attacks
-included, as the reference's `validate`/`validate_adv` do under `model.eval()`.
+included, as the reference's `validate`/`validate_adv` do under `model.eval()`. There
+BatchNorm is an affine map, so evaluation runs on a copy with BatchNorm folded into the
+convolutions (`folding.FoldedModel`, refreshed from the model's weights at every call):
+the same verdicts, a cheaper forward pass and attack gradient.
 It works under any tf.distribute strategy: batches are split across replicas and the
 correct counts are summed.
 """
@@ -11,7 +14,7 @@ from typing import Optional
 import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import tensorflow as tf
 
-from dwlt_tf import attacks, data, pipeline, runtime
+from dwlt_tf import attacks, data, folding, pipeline, runtime
 
 
 @dataclasses.dataclass
@@ -31,29 +34,45 @@ class Accuracy:
 class Evaluator:
     """Compiled SA/RA evaluation of one model under one strategy (reused every epoch)."""
 
-    def __init__(self, model, attack: Optional[attacks.Attack] = None, strategy=None):
+    def __init__(self, model, attack: Optional[attacks.Attack] = None, strategy=None,
+                 fold_batchnorm=True):
         self.model = model
         self.attack = attack
         self.strategy = strategy or tf.distribute.get_strategy()
+        self.fold_batchnorm = fold_batchnorm
+        self._folded = None
         self._replica_fn = (tf.function(self._replica_step, jit_compile=True)
                             if runtime.jit_compile() else self._replica_step)
         self._step = tf.function(self._distributed_step, reduce_retracing=True)
 
     def _replica_step(self, batch):
         images, labels = batch["image"], batch["label"]
-        logits = self.model(images, training=False)
+        model = self._folded or self.model
+        logits = model(images, training=False)
         loss = tf.reduce_sum(
             tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1), labels), tf.float32))
         robust = tf.constant(0.0)
         if self.attack is not None:
-            adv = attacks.attack_batch(self.model, self.attack, images, labels,
+            adv = attacks.attack_batch(model, self.attack, images, labels,
                                        noise=batch.get("noise"), training=False)
-            adv_logits = self.model(adv, training=False)
+            adv_logits = model(adv, training=False)
             robust = tf.reduce_sum(
                 tf.cast(tf.equal(tf.argmax(adv_logits, 1), labels), tf.float32))
         count = tf.cast(tf.shape(labels)[0], tf.float32)
         return tf.stack([correct, robust, loss, count])
+
+    def _refresh_folded(self):
+        if not self.fold_batchnorm:
+            return
+        if self._folded is None:
+            if not folding.conv_batchnorm_pairs(self.model):
+                self.fold_batchnorm = False  # nothing to fold: evaluate the model itself
+                return
+            with self.strategy.scope():
+                self._folded = folding.FoldedModel(self.model)
+        else:
+            self._folded.refresh()
 
     def _distributed_step(self, batch):
         per_replica = self.strategy.run(self._replica_fn, args=(batch,))
@@ -62,6 +81,7 @@ class Evaluator:
     def __call__(self, splits: data.Splits, split: str, batch_size: int, seed: int = 0
                  ) -> Accuracy:
         """SA (and RA) on `split`; each input pipeline reads only its replicas' share."""
+        self._refresh_folded()
         with_noise = self.attack is not None  # PGD's random start, drawn per example
         batches = self.strategy.distribute_datasets_from_function(
             lambda context: pipeline.eval_batches(splits, split, batch_size, seed, with_noise,
@@ -80,6 +100,6 @@ class Evaluator:
 
 def evaluate(model, splits: data.Splits, split="test", batch_size=128,
              attack: Optional[attacks.Attack] = attacks.PRESETS["pgd20_eval"], seed=0,
-             strategy=None) -> Accuracy:
+             strategy=None, fold_batchnorm=True) -> Accuracy:
     """SA (and RA under `attack`, None to skip) of `model` on `split` of `splits`."""
-    return Evaluator(model, attack, strategy)(splits, split, batch_size, seed)
+    return Evaluator(model, attack, strategy, fold_batchnorm)(splits, split, batch_size, seed)

@@ -48,6 +48,29 @@ def mirrored_strategy():
     return _MIRRORED[0]
 
 
+@pytest.fixture(scope="session")
+def trained_resnet(tmp_path_factory):
+    """(model, splits): a tiny wrapped ResNet-18, 30 % pruned, trained for 4 epochs on the
+    bundled real images of classes 0-4. Tests that change its variables restore them."""
+    import tf_keras  # pylint: disable=import-outside-toplevel
+    from dwlt_tf import data, models, pruning, pruning_wrapper, train  # pylint: disable=import-outside-toplevel
+    splits = data.load(data.DataSpec("imagefolder", path=BUNDLED_CIFAR, image_size=32,
+                                     augment="cifar", stats="cifar10", classes=(0, 1, 2, 3, 4)))
+
+    def model_fn():
+        tf_keras.utils.set_random_seed(0)
+        model = pruning_wrapper.wrap(models.build_resnet("resnet18", 5, "cifar",
+                                                         *splits.spec.mean_std, base_width=8))
+        pruning_wrapper.set_masks(model, pruning.global_magnitude_masks(
+            pruning_wrapper.get_kernels(model), None, 0.3))
+        return model
+
+    spec = train.TrainSpec(epochs=4, batch_size=64, lr=0.05, eval_attack=None, test=False,
+                           verbose=0)
+    result = train.fit(model_fn, splits, spec, str(tmp_path_factory.mktemp("trained")))
+    return result.model, splits
+
+
 @pytest.fixture
 def bundled_cifar():
     """Root of the bundled real CIFAR-10 JPEG subset (ImageFolder layout)."""

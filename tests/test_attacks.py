@@ -11,30 +11,9 @@ from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient
 from dwlt_tf import attacks, data, evaluate, models, pipeline, pruning, pruning_wrapper, train
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, bundled_cifar_module):
-    """A tiny ResNet trained for a few epochs on real images (classes 0-4)."""
-    splits = data.load(data.DataSpec("imagefolder", path=bundled_cifar_module, image_size=32,
-                                     augment="cifar", stats="cifar10", classes=(0, 1, 2, 3, 4)))
-
-    def model_fn():
-        tf_keras.utils.set_random_seed(0)
-        model = pruning_wrapper.wrap(models.build_resnet("resnet18", 5, "cifar",
-                                                         *splits.spec.mean_std, base_width=8))
-        pruning_wrapper.set_masks(model, pruning.global_magnitude_masks(
-            pruning_wrapper.get_kernels(model), None, 0.3))
-        return model
-
-    spec = train.TrainSpec(epochs=4, batch_size=64, lr=0.05, eval_attack=None, test=False,
-                           verbose=0)
-    result = train.fit(model_fn, splits, spec, str(tmp_path_factory.mktemp("trained")))
-    return result.model, splits
-
-
-@pytest.fixture(scope="module")
-def bundled_cifar_module():
-    from conftest import BUNDLED_CIFAR
-    return BUNDLED_CIFAR
+@pytest.fixture
+def trained(trained_resnet):
+    return trained_resnet
 
 
 def _batch(splits, n=100):
