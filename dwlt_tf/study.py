@@ -19,23 +19,84 @@ regime). Then `results.csv`, `results.json`, `report.md`, `plots/*.png` and the
 exported SavedModel of the sparsest double-win ticket in `<workdir>/export/<version>`
 (if that version already holds another selection, the next free version, and the
 report says which).
+
+Scale-out. Every cell has an address (`pretrain:<name>`, `imp:<name>`,
+`baseline:<name>:<method>:r<round>`,
+`transfer:<name>:<method>:<dense|r<round>>:<dataset label>@<rate>:<regime>:s<seed>`) and is
+independent of every other cell once its inputs exist, so a study can be spread over
+many processes sharing one workdir (`select`): `shard(i, n)` runs the cells whose
+address hashes to share i of n and whose inputs are ready -- N processes on N devices
+or hosts never compute a cell twice; `only(address)` runs one cell (what the commands
+of `write_plan` do, for SLURM job arrays, Kubernetes Jobs or any scheduler). A process
+with a selection writes no report; a final run without one finds every cell finished
+and assembles results, report, export and audit.
 """
 import dataclasses
+import hashlib
 import os
-from typing import Dict, List, Optional
+import shlex
+from typing import Callable, Dict, List, Optional
 
 import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 
 from dwlt_tf import audit as audit_lib
 from dwlt_tf import config as cfg
-from dwlt_tf import (attacks, convert, data, export, files, identity, imp, report, tickets,
-                     train, transfer)
+from dwlt_tf import (attacks, convert, data, errors, export, files, identity, imp, report,
+                     tickets, train, transfer)
 
 TOP_LEVEL = ("model", "source", "pretrainings", "imp", "tickets", "downstream", "transfer",
              "report", "export", "runtime", "seeds", "pruning", "audit")
 AUDIT_KEYS = ("enabled",) + tuple(f.name for f in dataclasses.fields(audit_lib.AuditSpec))
 PRETRAINING_KEYS = ("path", "train", "imp_mode", "init")
 REGIMES = report.REGIMES
+
+
+class Pending(Exception):
+    """A cell this process may not run: another process's share, or not this `only` cell."""
+
+    def __init__(self, address):
+        super().__init__(address)
+        self.address = address
+
+
+class CellSelectionError(errors.UserError):
+    """An unknown cell address, or a cell whose inputs do not exist yet."""
+
+
+def shard(index, count):
+    """A selection running share `index` (0-based) of `count` of the cells."""
+    for name, value in (("count", count), ("index", index)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"shard {name} must be an int, got {value!r}")
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"shard {index}/{count}: need 0 <= index < count")
+
+    def select(address):
+        digest = hashlib.sha256(address.encode()).hexdigest()
+        return int(digest[:12], 16) % count == index
+    select.description = f"shard {index}/{count}"
+    return select
+
+
+def parse_shard(text):
+    """"I/N" (a flag value) -> shard(I, N); bad text is a ValueError naming it."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard={text!r}: write I/N with 0 <= I < N, e.g. 0/4") from None
+    try:
+        return shard(index, count)
+    except ValueError as e:
+        raise ValueError(f"--shard={text!r}: {e}") from None
+
+
+def only(address):
+    """A selection running the one cell `address`."""
+    def select(candidate):
+        return candidate == address
+    select.description = f"cell {address}"
+    select.address = address
+    return select
 
 
 @dataclasses.dataclass
@@ -205,20 +266,36 @@ def _check_pretrained_path(path, model, where):
 class Study:
     """Runs a planned study in `workdir` (resumable; finished cells are reused)."""
 
-    def __init__(self, config, workdir, strategy=None, log=print):
+    def __init__(self, config, workdir, strategy=None, log=print,
+                 select: Optional[Callable[[str], bool]] = None):
         self.plan = plan(config)
         self.config = config
         self.workdir = os.path.abspath(workdir)
         self.strategy = strategy
         self.log = log
+        self.select = select        # None: every cell (and the report); see `shard`, `only`
+        self.ran: List[str] = []      # addresses of the cells this process computed
+        self.finished: List[str] = []  # addresses found finished
         self._splits = {}
 
     # ------------------------------------------------------------------ helpers
-    def _cell(self, kind, cell_identity):
-        """The directory of the cell with this identity (claimed: see identity.claim)."""
+    def _cell(self, kind, cell_identity, address, finished):
+        """The directory of the cell with this identity, claimed (identity.claim) when it
+        is finished or this process may run it; else `Pending`.
+
+        `finished(path)` says whether the cell's outputs are complete. A cell of another
+        process's share is only looked at, never claimed: that process may be claiming it.
+        """
         key = identity.key(cell_identity)
         path = os.path.join(self.workdir, "cells", f"{kind}_{key}")
+        if finished(path):
+            identity.claim(path, cell_identity, what=f"{kind} cell")
+            self.finished.append(address)
+            return path, key
+        if self.select is not None and not self.select(address):
+            raise Pending(address)
         identity.claim(path, cell_identity, what=f"{kind} cell")
+        self.ran.append(address)
         return path, key
 
     def _load(self, spec):
@@ -240,10 +317,11 @@ class Study:
         entry = self.plan.pretrainings[name]
         if entry["path"] and os.path.isdir(entry["path"]):
             return entry["path"]
+        weights_exist = lambda cell: os.path.exists(os.path.join(cell, "weights"))  # noqa: E731
         if entry["path"]:  # a PyTorch checkpoint: convert once
             cell, _ = self._cell("convert", {
                 "kind": "convert", "checkpoint_sha256": convert.file_sha256(entry["path"]),
-                "model": identity.describe(self.plan.model)})
+                "model": identity.describe(self.plan.model)}, f"pretrain:{name}", weights_exist)
             out = os.path.join(cell, "weights")
             if not os.path.exists(out):
                 self.log(f"[convert] {name}: {entry['path']}")
@@ -255,7 +333,8 @@ class Study:
         splits = self._load(self.plan.source)
         inputs = {"kind": "pretrain", "model": identity.describe(self.plan.model), "init": init}
         cell, key = self._cell("pretrain", train.run_identity(entry["train"], splits.identity,
-                                                              inputs))
+                                                              inputs),
+                               f"pretrain:{name}", weights_exist)
         out = os.path.join(cell, "weights")
         if os.path.exists(out):
             return out
@@ -288,9 +367,11 @@ class Study:
         meta = convert.load_meta(pretrained_dir)
         splits = self._load(self.plan.source)
         weights = convert.weights_identity(meta)
-        cell, key = self._cell("imp", imp.run_identity(entry["imp"], self.plan.imp,
-                                                       splits.identity, weights))
-        paths = [imp.ticket_dir(cell, k) for k in range(1, self.plan.imp.rounds + 1)]
+        rounds = range(1, self.plan.imp.rounds + 1)
+        cell, key = self._cell(
+            "imp", imp.run_identity(entry["imp"], self.plan.imp, splits.identity, weights),
+            f"imp:{name}", lambda c: all(tickets.is_ticket(imp.ticket_dir(c, k)) for k in rounds))
+        paths = [imp.ticket_dir(cell, k) for k in rounds]
         if not all(tickets.is_ticket(p) for p in paths):
             self.log(f"[imp] {name}: {self.plan.imp.rounds} tickets ({entry['imp'].mode} "
                      f"training) -> {cell}")
@@ -301,7 +382,7 @@ class Study:
                             pretrained=weights)
         return {k: paths[k - 1] for k in self.plan.ticket_rounds}
 
-    def baseline(self, name, pretrained_dir, method, imp_ticket_dir):
+    def baseline(self, name, pretrained_dir, method, imp_round, imp_ticket_dir):
         """The `method` baseline ticket at the sparsity of an IMP ticket (one-shot)."""
         masks, imp_meta = tickets.load(imp_ticket_dir)
         pruned = sum(int(m.size - m.sum()) for m in masks.values())
@@ -309,7 +390,9 @@ class Study:
         cell, key = self._cell("baseline", {
             "kind": "baseline", "method": method, "pretrained": weights, "pruned": pruned,
             "imp": identity.describe(self.plan.imp),
-            "seed": self.plan.pruning_seed if method == "random" else None})
+            "seed": self.plan.pruning_seed if method == "random" else None},
+            f"baseline:{name}:{method}:r{imp_round}",
+            lambda c: tickets.is_ticket(os.path.join(c, "ticket")))
         path = os.path.join(cell, "ticket")
         if not tickets.is_ticket(path):
             self.log(f"[baseline] {name}: {method} at round {imp_meta.get('round')}'s "
@@ -326,8 +409,10 @@ class Study:
                       seed):
         spec = dataclasses.replace(self._transfer_spec(regime, dataset.name), seed=seed)
         splits = self._load(dataset)
-        cell, _ = self._cell("transfer", transfer.run_identity(pretrained_dir, ticket_dir,
-                                                               splits.identity, spec))
+        cell, _ = self._cell(
+            "transfer", transfer.run_identity(pretrained_dir, ticket_dir, splits.identity, spec),
+            transfer_address(name, method, ticket, dataset, regime, seed),
+            lambda c: os.path.exists(os.path.join(c, train.RESULT_FILE)))
         result_path = os.path.join(cell, train.RESULT_FILE)
         if os.path.exists(result_path):  # finished: read, don't rebuild anything
             result = train.TrainResult.from_json(files.read_json(result_path))
@@ -351,7 +436,9 @@ class Study:
         run = transfer.open_run(os.path.join(self.workdir, row["cell"]))
         cell, _ = self._cell("audit", {"kind": "audit", "run": run.key, "checkpoint": "best_ra",
                                        "split": "test",
-                                       "audit": identity.describe(self.plan.audit)})
+                                       "audit": identity.describe(self.plan.audit)},
+                             f"audit:{row['cell']}",
+                             lambda c: os.path.exists(os.path.join(c, "audit.json")))
         path = os.path.join(cell, "audit.json")
         if not os.path.exists(path):
             self.log(f"[audit] {row['pretraining']} / {row['ticket']} ({row['regime']}, seed "
@@ -368,24 +455,46 @@ class Study:
 
     # --------------------------------------------------------------------- run
     def run(self):
+        """Runs every selected cell whose inputs exist; without a selection, then also
+        writes the results, report, plots, export and audit. Returns (rows, summary);
+        summary is None when a selection ran (`pending` then names what is left)."""
         self.check_data()
-        rows = []
+        rows, self.pending = [], []
         for name in self.plan.pretrainings:
-            pretrained_dir = self.pretrained(name)
-            ticket_dirs = self.find_tickets(name, pretrained_dir)
-            candidates = [("dense", "dense", None)] + [
-                ("imp", f"round {k}", d) for k, d in ticket_dirs.items()]
+            try:
+                pretrained_dir = self.pretrained(name)
+            except Pending as waiting:
+                self.pending.append(waiting.address)
+                continue
+            candidates = [("dense", "dense", None)]
+            try:
+                ticket_dirs = self.find_tickets(name, pretrained_dir)
+            except Pending as waiting:
+                self.pending.append(waiting.address)
+                ticket_dirs = {}
+            candidates += [("imp", f"round {k}", d) for k, d in ticket_dirs.items()]
             for method in self.plan.methods:
-                if method != "imp":
-                    candidates += [(method, f"round {k}", self.baseline(
-                        name, pretrained_dir, method, ticket_dirs[k]))
-                        for k in self.plan.baseline_rounds]
+                if method == "imp" or not ticket_dirs:
+                    continue
+                for k in self.plan.baseline_rounds:
+                    try:
+                        candidates.append((method, f"round {k}", self.baseline(
+                            name, pretrained_dir, method, k, ticket_dirs[k])))
+                    except Pending as waiting:
+                        self.pending.append(waiting.address)
             for dataset in self.plan.datasets:
                 for method, ticket, ticket_dir in candidates:
                     for regime in REGIMES:
                         for seed in self.plan.seeds:
-                            rows.append(self.transfer_cell(name, pretrained_dir, method, ticket,
-                                                           ticket_dir, dataset, regime, seed))
+                            try:
+                                rows.append(self.transfer_cell(
+                                    name, pretrained_dir, method, ticket, ticket_dir, dataset,
+                                    regime, seed))
+                            except Pending as waiting:
+                                self.pending.append(waiting.address)
+        if self.select is not None:
+            self._check_selected_cell()
+            return rows, None
         summary = report.analyze(rows, self.plan.tolerance, self.plan.rule)
         exported = None
         note = None
@@ -400,6 +509,52 @@ class Study:
         files.write_json(os.path.join(self.workdir, "summary.json"),
                          {f"{k[0]}|{k[1]}|{k[2]}": v for k, v in summary.items()})
         return rows, summary
+
+    def _check_selected_cell(self):
+        """With `only(address)`: the cell must be known and must have run or be finished."""
+        address = getattr(self.select, "address", None)
+        if address is None or address in self.ran or address in self.finished:
+            return
+        known = [cell["cell"] for cell in self.cells()]
+        if address not in known:
+            raise CellSelectionError(f"--cell={address!r} is not a cell of this study; its "
+                                     f"cells are: {', '.join(known)}")
+        needs = next(cell["after"] for cell in self.cells() if cell["cell"] == address)
+        missing = [a for a in needs if a not in self.finished]
+        raise CellSelectionError(f"cell {address} cannot run yet: it needs "
+                                 f"{', '.join(missing) or 'its inputs'} first")
+
+    def cells(self):
+        """Every cell of the study in dependency order: [{cell, after}] (addresses).
+
+        Read from the plan alone (nothing is computed or loaded), for `write_plan`.
+        """
+        out = []
+        for name, entry in self.plan.pretrainings.items():
+            has_cell = bool(entry["train"]) or not os.path.isdir(entry["path"] or "")
+            upstream = [f"pretrain:{name}"] if has_cell else []
+            if has_cell:
+                init = entry["init"]
+                out.append({"cell": f"pretrain:{name}",
+                            "after": [f"pretrain:{init}"] if init else []})
+            out.append({"cell": f"imp:{name}", "after": upstream})
+            candidates = [("dense", "dense", upstream)] + [
+                ("imp", f"round {k}", [f"imp:{name}"]) for k in self.plan.ticket_rounds]
+            for method in self.plan.methods:
+                if method == "imp":
+                    continue
+                for k in self.plan.baseline_rounds:
+                    address = f"baseline:{name}:{method}:r{k}"
+                    out.append({"cell": address, "after": [f"imp:{name}"]})
+                    candidates.append((method, f"round {k}", [address]))
+            for dataset in self.plan.datasets:
+                for method, ticket, after in candidates:
+                    for regime in REGIMES:
+                        for seed in self.plan.seeds:
+                            out.append({"cell": transfer_address(name, method, ticket, dataset,
+                                                                 regime, seed),
+                                        "after": list(after)})
+        return out
 
     def _audit(self, rows, exported):
         """Audits the dense models (both regimes, first seed) and the exported ticket; adds
@@ -458,6 +613,36 @@ def _pct(value):
     return "–" if value is None else f"{value:.2f}%"
 
 
-def run(config, workdir, strategy=None, log=print):
-    """Plans (validates), runs and reports the study. Returns (rows, summary)."""
-    return Study(config, workdir, strategy, log).run()
+def transfer_address(name, method, ticket, dataset, regime, seed):
+    ticket = "dense" if ticket == "dense" else "r" + ticket.split()[-1]
+    return (f"transfer:{name}:{method}:{ticket}:{dataset.label}@{dataset.data_rate:g}:"
+            f"{regime}:s{seed}")
+
+
+def write_plan(config, workdir, command, path):
+    """Writes the study's cells as ready-to-run commands: `path` (JSON) and `path`.sh.
+
+    `command` is the study command without selection flags (a list of arguments); each
+    cell's command appends `--cell=<address>`, and the last command -- the same study
+    without a selection -- assembles results, report, export and audit. The JSON lists
+    each cell with the cells it needs (`after`), for schedulers with dependencies (SLURM
+    `--dependency`, Kubernetes Jobs, Argo); the shell form runs them in order.
+    """
+    cells = Study(config, workdir, log=lambda *_: None).cells()
+    for cell in cells:
+        cell["command"] = shlex.join(list(command) + [f"--cell={cell['cell']}"])
+    assemble = shlex.join(list(command))
+    files.write_json(path, {"workdir": os.path.abspath(workdir), "cells": cells,
+                            "assemble": {"command": assemble,
+                                         "after": [c["cell"] for c in cells]}})
+    lines = ["#!/bin/sh", "# Generated by trainers/study.py --plan: one study cell per line, "
+             "in dependency order; the last line assembles the report.", "set -e"]
+    lines += [c["command"] for c in cells] + [assemble]
+    files.write_text(path + ".sh", "\n".join(lines) + "\n")
+    return cells
+
+
+def run(config, workdir, strategy=None, log=print, select=None):
+    """Plans (validates), runs and reports the study. Returns (rows, summary); with a
+    `select`ion (see `shard`, `only`) runs only those cells and returns (rows, None)."""
+    return Study(config, workdir, strategy, log, select).run()

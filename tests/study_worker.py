@@ -1,12 +1,13 @@
 """Runs the tiny study and (optionally) SIGKILLs itself at a chosen point: a crash test.
 
   python tests/study_worker.py --workdir=W [--kill_at=pretrain|imp|after_cell|export]
-                               [--kill_after=N]
+                               [--kill_after=N] [--shard=I/N]
 
 pretrain / imp: at the N-th training step of the pre-training / an IMP round;
 after_cell: right after the N-th transfer cell finished; export: after the SavedModel
 was written to its temporary directory, before it is renamed into place.
 """
+import json
 import os
 import signal
 import sys
@@ -24,6 +25,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Study workdir.")
 flags.DEFINE_enum("kill_at", None, ["pretrain", "imp", "after_cell", "export"], "Crash point.")
 flags.DEFINE_integer("kill_after", 1, "Which step / cell.")
+flags.DEFINE_string("shard", None, "Run this share of the cells (study.parse_shard).")
 
 
 def _die():
@@ -72,7 +74,11 @@ def _instrument():
 def main(argv):
     del argv
     _instrument()
-    study.run(load_config("study", "tiny"), FLAGS.workdir, log=lambda *_: None)
+    select = study.parse_shard(FLAGS.shard) if FLAGS.shard else None
+    runner = study.Study(load_config("study", "tiny"), FLAGS.workdir, log=lambda *_: None,
+                         select=select)
+    runner.run()
+    print("ran " + json.dumps(runner.ran))
     print("study finished")
 
 

@@ -555,3 +555,97 @@ def test_audit_stage_and_binary(tiny_study, tmp_path):
         out = subprocess.run([sys.executable, os.path.join(REPO, "trainers", "audit.py"),
                               *flags_], capture_output=True, text=True, timeout=600, cwd=REPO)
         assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+
+
+# ------------------------------------------------------------------------ scale-out
+
+def _ran(output):
+    """The cell addresses a study_worker run computed (its `ran [...]` line)."""
+    line = next(l for l in output.splitlines() if l.startswith("ran "))
+    return json.loads(line[4:])
+
+
+def test_two_shards_give_one_process_results_even_after_a_kill(tiny_study, tmp_path):
+    reference, _, _ = tiny_study
+    workdir = tmp_path / "study"
+    worker = [sys.executable, os.path.join(REPO, "tests", "study_worker.py"),
+              f"--workdir={workdir}"]
+    owner = next(i for i in range(2) if study.shard(i, 2)("pretrain:adversarial"))
+
+    def together(extra=None):
+        procs = [subprocess.Popen(worker + [f"--shard={i}/2"] + (extra or {}).get(i, []),
+                                  cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for i in range(2)]
+        return [(p.wait(timeout=600), p.stdout.read(), p.stderr.read()) for p in procs]
+
+    # The pre-training's shard is SIGKILLed in the middle of that cell.
+    first = together({owner: ["--kill_at=pretrain", "--kill_after=3"]})
+    assert first[owner][0] == -signal.SIGKILL, first[owner][2][-3000:]
+    assert first[1 - owner][0] == 0 and _ran(first[1 - owner][1]) == []  # nothing ready
+    ran = {0: [], 1: []}
+    for _ in range(6):  # re-run both shards as their inputs appear
+        outputs = together()
+        for i, (code, out, err) in enumerate(outputs):
+            assert code == 0, err[-3000:]
+            ran[i] += _ran(out)
+        if not any(_ran(out) for _, out, _ in outputs):
+            break
+    cells = [c["cell"] for c in study.Study(load_config("study", "tiny"), str(workdir)).cells()]
+    assert sorted(ran[0] + ran[1]) == sorted(cells)  # every cell once, no cell twice
+    assert ran[0] and ran[1]
+    out = subprocess.run(worker, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert _ran(out.stdout) == []  # assembling computes nothing
+    assert (workdir / "results.csv").read_text() == open(
+        os.path.join(reference, "results.csv")).read()
+
+
+def test_plan_commands_run_one_by_one_then_assemble(tiny_study, tmp_path):
+    reference, _, _ = tiny_study
+    workdir, plan_file = tmp_path / "study", tmp_path / "plan.json"
+    base = [sys.executable, "trainers/study.py", "--config=configs/study.py:tiny",
+            f"--workdir={workdir}"]
+    out = subprocess.run(base + [f"--plan={plan_file}"], cwd=REPO, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    plan = json.loads(plan_file.read_text())
+    cells = [c["cell"] for c in plan["cells"]]
+    assert cells[:2] == ["pretrain:adversarial", "imp:adversarial"] and len(cells) == 8
+    assert all(plan_file.with_suffix(".json.sh").read_text().count(c["command"]) == 1
+               for c in plan["cells"])
+    assert not workdir.exists()  # planning runs nothing
+    # A cell before its inputs: a clear error, nothing computed.
+    with pytest.raises(study.CellSelectionError, match=r"cell imp:adversarial cannot run yet: "
+                       r"it needs pretrain:adversarial first"):
+        study.Study(load_config("study", "tiny"), str(workdir), log=lambda *_: None,
+                    select=study.only("imp:adversarial")).run()
+    for cell in plan["cells"]:  # each command's cell, in order (in-process: faster)
+        address = cell["command"].rsplit("--cell=", 1)[1].strip("'")
+        assert address == cell["cell"]
+        runner = study.Study(load_config("study", "tiny"), str(workdir), log=lambda *_: None,
+                             select=study.only(address))
+        rows, summary = runner.run()
+        assert runner.ran == [address] and summary is None
+        assert not (workdir / "results.csv").exists()
+    out = subprocess.run(plan["assemble"]["command"], shell=True, cwd=REPO,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (workdir / "results.csv").read_text() == open(
+        os.path.join(reference, "results.csv")).read()
+    assert "[transfer]" not in out.stdout and "[imp]" not in out.stdout
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--shard=3/2"], r"--shard='3/2': shard 3/2: need 0 <= index < count"),
+    (["--shard=half"], r"--shard='half': write I/N"),
+    (["--shard=0/2", "--cell=imp:adversarial"], "--shard and --cell: give at most one"),
+    (["--cell=nope"], r"--cell='nope' is not a cell of this study; its cells are: "
+                      r"pretrain:adversarial, imp:adversarial"),
+])
+def test_bad_selections_are_one_line_errors(args, match, tmp_path):
+    out = subprocess.run([sys.executable, "trainers/study.py", "--config=configs/study.py:tiny",
+                          f"--workdir={tmp_path / 'w'}"] + args, cwd=REPO, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 2
+    import re  # pylint: disable=import-outside-toplevel
+    assert re.search(match, out.stderr.strip().splitlines()[-1]), out.stderr[-2000:]
