@@ -214,8 +214,10 @@ def _unsnapshotted_attack(model, training, steps):
     return attack
 
 
-@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
-@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("precision,training", [
+    ("float32", True), ("mixed_bfloat16", False),
+    pytest.param("float32", False, marks=pytest.mark.slow),
+    pytest.param("mixed_bfloat16", True, marks=pytest.mark.slow)])
 def test_snapshot_attack_is_bit_identical_to_masking_at_every_call(trained, precision,
                                                                    training):
     source, splits = trained

@@ -61,7 +61,7 @@ def _relative_difference(updates, other):
                if np.linalg.norm(a) > 0)
 
 
-@pytest.mark.parametrize("mode", ["standard", "pgd"])
+@pytest.mark.parametrize("mode", ["standard", pytest.param("pgd", marks=pytest.mark.slow)])
 def test_xla_computes_the_same_training_step(splits, tmp_path, mode):
     # float64 shows XLA computes the same function: the updates agree to ~1e-8.
     updates, loss, accuracy = _one_step(splits, tmp_path / "plain", False, mode, "float64",
