@@ -52,23 +52,36 @@ def mirrored_strategy():
 def trained_resnet(tmp_path_factory):
     """(model, splits): a tiny wrapped ResNet-18, 30 % pruned, trained for 4 epochs on the
     bundled real images of classes 0-4. Tests that change its variables restore them."""
-    import tf_keras  # pylint: disable=import-outside-toplevel
-    from dwlt_tf import data, models, pruning, pruning_wrapper, train  # pylint: disable=import-outside-toplevel
-    splits = data.load(data.DataSpec("imagefolder", path=BUNDLED_CIFAR, image_size=32,
-                                     augment="cifar", stats="cifar10", classes=(0, 1, 2, 3, 4)))
-
-    def model_fn():
-        tf_keras.utils.set_random_seed(0)
-        model = pruning_wrapper.wrap(models.build_resnet("resnet18", 5, "cifar",
-                                                         *splits.spec.mean_std, base_width=8))
-        pruning_wrapper.set_masks(model, pruning.global_magnitude_masks(
-            pruning_wrapper.get_kernels(model), None, 0.3))
-        return model
-
+    from dwlt_tf import train  # pylint: disable=import-outside-toplevel
+    splits = bundled_cifar_splits()
     spec = train.TrainSpec(epochs=4, batch_size=64, lr=0.05, eval_attack=None, test=False,
                            verbose=0)
-    result = train.fit(model_fn, splits, spec, str(tmp_path_factory.mktemp("trained")))
+    result = train.fit(pruned_resnet_fn(splits, seed=0, sparsity=0.3), splits, spec,
+                       str(tmp_path_factory.mktemp("trained")))
     return result.model, splits
+
+
+def bundled_cifar_splits():
+    """The bundled real images of CIFAR-10 classes 0-4 at 32 px, CIFAR augmentation."""
+    from dwlt_tf import data  # pylint: disable=import-outside-toplevel
+    return data.load(data.DataSpec("imagefolder", path=BUNDLED_CIFAR, image_size=32,
+                                   augment="cifar", stats="cifar10", classes=(0, 1, 2, 3, 4)))
+
+
+def pruned_resnet_fn(splits, seed, sparsity):
+    """A function building a width-8 ResNet-18 (CIFAR stem) for `splits`, wrapped for
+    pruning with global magnitude masks of `sparsity`, initialized from `seed`."""
+    import tf_keras  # pylint: disable=import-outside-toplevel
+    from dwlt_tf import models, pruning, pruning_wrapper  # pylint: disable=import-outside-toplevel
+
+    def build():
+        tf_keras.utils.set_random_seed(seed)
+        model = pruning_wrapper.wrap(models.build_resnet("resnet18", splits.num_classes, "cifar",
+                                                         *splits.spec.mean_std, base_width=8))
+        pruning_wrapper.set_masks(model, pruning.global_magnitude_masks(
+            pruning_wrapper.get_kernels(model), None, sparsity))
+        return model
+    return build
 
 
 @pytest.fixture

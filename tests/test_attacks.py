@@ -8,7 +8,7 @@ import tensorflow as tf
 import tf_keras
 from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
 
-from dwlt_tf import attacks, data, evaluate, models, pipeline, pruning, pruning_wrapper, train
+from dwlt_tf import attacks, evaluate, models, pipeline, pruning_wrapper, train
 
 
 @pytest.fixture

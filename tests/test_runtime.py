@@ -4,10 +4,9 @@ import contextlib
 import numpy as np
 import pytest
 import tensorflow as tf
-import tf_keras
 
-from conftest import BUNDLED_CIFAR
-from dwlt_tf import attacks, data, evaluate, models, pipeline, pruning, pruning_wrapper, runtime, train
+from conftest import bundled_cifar_splits, pruned_resnet_fn
+from dwlt_tf import attacks, pipeline, pruning_wrapper, runtime, train
 
 
 @contextlib.contextmanager
@@ -22,19 +21,11 @@ def jit(enabled):
 
 @pytest.fixture(scope="module")
 def splits():
-    return data.load(data.DataSpec("imagefolder", path=BUNDLED_CIFAR, image_size=32,
-                                   augment="cifar", stats="cifar10", classes=(0, 1, 2, 3, 4)))
+    return bundled_cifar_splits()
 
 
 def _model_fn(splits):
-    def build():
-        tf_keras.utils.set_random_seed(3)
-        model = pruning_wrapper.wrap(models.build_resnet("resnet18", 5, "cifar",
-                                                         *splits.spec.mean_std, base_width=8))
-        pruning_wrapper.set_masks(model, pruning.global_magnitude_masks(
-            pruning_wrapper.get_kernels(model), None, 0.5))
-        return model
-    return build
+    return pruned_resnet_fn(splits, seed=3, sparsity=0.5)
 
 
 def _one_step(splits, tmp_path, enabled, mode, precision, eval_attack=True):
