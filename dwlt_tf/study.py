@@ -276,6 +276,7 @@ class Study:
         self.select = select        # None: every cell (and the report); see `shard`, `only`
         self.ran: List[str] = []      # addresses of the cells this process computed
         self.finished: List[str] = []  # addresses found finished
+        self.pending: List[str] = []   # addresses left for other processes (selections)
         self._splits = {}
 
     # ------------------------------------------------------------------ helpers
@@ -515,12 +516,11 @@ class Study:
         address = getattr(self.select, "address", None)
         if address is None or address in self.ran or address in self.finished:
             return
-        known = [cell["cell"] for cell in self.cells()]
-        if address not in known:
+        needs = {cell["cell"]: cell["after"] for cell in self.cells()}
+        if address not in needs:
             raise CellSelectionError(f"--cell={address!r} is not a cell of this study; its "
-                                     f"cells are: {', '.join(known)}")
-        needs = next(cell["after"] for cell in self.cells() if cell["cell"] == address)
-        missing = [a for a in needs if a not in self.finished]
+                                     f"cells are: {', '.join(needs)}")
+        missing = [a for a in needs[address] if a not in self.finished]
         raise CellSelectionError(f"cell {address} cannot run yet: it needs "
                                  f"{', '.join(missing) or 'its inputs'} first")
 
