@@ -12,6 +12,7 @@ import ast
 import contextlib
 import logging
 import os
+import re
 import sys
 
 from absl import flags
@@ -20,7 +21,7 @@ from absl import logging as absl_logging
 import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 
 from dwlt_tf import config as cfg
-from dwlt_tf import errors, runtime
+from dwlt_tf import errors, files, preemption, runtime
 
 # Errors that mean "bad input": reported without a traceback.
 USER_ERRORS = (errors.UserError,)
@@ -60,7 +61,7 @@ def parse_flags(argv):
         text = " ".join(str(text).split())
         if isinstance(e, (AttributeError, KeyError)):
             text = f"unknown key {text}"
-        override = next((a for a in argv[1:] if a.startswith("--config.")), None)
+        override = _override_named(argv, text)
         fail(f"bad --config{' override ' + override if override else ''}: {text}")
     # ml_collections defers a config file that cannot be loaded to its first use.
     if "config" in flags.FLAGS:
@@ -70,6 +71,18 @@ def parse_flags(argv):
             lines = [line.strip() for line in str(e).splitlines() if line.strip()]
             fail(f"--config: {lines[-1] if lines else e}")
     return args
+
+
+def _override_named(argv, text):
+    """The `--config.a.b=v` argument whose path holds a key quoted in `text` (ml_collections
+    names the key, not the flag); the only override when there is one; else None."""
+    overrides = [a for a in argv[1:] if a.startswith("--config.")]
+    quoted = set(re.findall(r"'([^']+)'", text))
+    named = [a for a in overrides
+             if quoted & set(a.split("=", 1)[0][len("--config."):].split("."))]
+    if named:
+        return named[-1]
+    return overrides[0] if len(overrides) == 1 else None
 
 
 def define_common_flags(overwrite=True):
@@ -164,8 +177,24 @@ def setup(config):
 
 @contextlib.contextmanager
 def reported(program):
-    """Turns the project's bad-input errors into `<program>: error: <message>`, exit 2."""
-    try:
-        yield
-    except USER_ERRORS as e:
-        fail(e, program)
+    """The boundary of every binary's work.
+
+    Bad input -- the project's `errors.UserError`s, and writing to a full, read-only or
+    forbidden location (`files.write_failure`) -- becomes `<program>: error: <message>`,
+    exit status 2. SIGTERM, SIGINT, SIGUSR1 and SIGUSR2 stop the work gracefully
+    (`preemption.graceful`): `<program>: stopped by SIGTERM ...`, exit status 75.
+    Anything else is a bug and keeps its traceback.
+    """
+    with preemption.graceful():
+        try:
+            yield
+        except USER_ERRORS as e:
+            fail(e, program)
+        except preemption.Preempted as stop:
+            print(f"{program}: {stop.message()}", file=sys.stderr)
+            sys.exit(preemption.EXIT_STATUS)
+        except Exception as e:  # pylint: disable=broad-except
+            message = files.write_failure(e)
+            if message is None:
+                raise
+            fail(message, program)

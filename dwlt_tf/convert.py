@@ -73,25 +73,46 @@ def _torch():
     return torch
 
 
+# What torch.save writes: a zip archive, or (before torch 1.6) a pickle that starts with
+# torch's magic number (protocol 2, LONG1 0x1950a86a20f9469cfc6c).
+_ZIP_MAGIC = b"PK\x03\x04"
+_LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
+
+
+def _check_torch_file(path):
+    """A path that is not a torch.save file fails here, saying what it is instead."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path!r} is a directory; give the checkpoint file itself "
+                              "(a .pth/.pt/.ckpt written by torch.save)")
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path!r}: no such file")
+    with open(path, "rb") as f:
+        head = f.read(len(_LEGACY_MAGIC))
+    if not head.startswith(_ZIP_MAGIC) and head != _LEGACY_MAGIC:
+        what = "an empty file" if not head else f"a file starting with {head[:8]!r}"
+        raise CheckpointError(
+            f"{path!r} is not a PyTorch checkpoint: torch.save writes a zip archive (or a "
+            f"pre-1.6 torch pickle), this is {what}")
+
+
 def _load_pickle(path):
     torch = _torch()
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path!r}: no such file")
+    _check_torch_file(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for the same problems
         text = str(e)
-        if "Weights only load failed" in text or "Unsupported global" in text:
+        if "unsupported global" in text.lower():  # the pickle names code to run
             reason = ("it needs code execution to unpickle (refused: only tensors and "
                       "plain containers are loaded). Re-save its state_dict with "
                       "torch.save(model.state_dict(), path)")
-        elif "central directory" in text or "truncated" in text.lower() or isinstance(
-                e, EOFError) or "Ran out of input" in text:
+        else:  # a torch.save file whose contents cannot be read
             reason = "the file is truncated or corrupt"
-        else:
-            reason = "it is not a PyTorch checkpoint"
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        detail = next((line for line in lines if "unsupported global" in line.lower()),
+                      lines[0] if lines else "")
         raise CheckpointError(f"Cannot read {path!r}: {reason} ({type(e).__name__}: "
-                              f"{text.splitlines()[0][:200] if text else ''})") from None
+                              f"{detail[:200]})") from None
 
 
 def _to_numpy(value):

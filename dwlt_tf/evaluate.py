@@ -14,7 +14,7 @@ from typing import Optional
 import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import tensorflow as tf
 
-from dwlt_tf import attacks, data, folding, pipeline, runtime
+from dwlt_tf import attacks, data, folding, pipeline, preemption, runtime
 
 
 @dataclasses.dataclass
@@ -45,7 +45,7 @@ class Evaluator:
                             if runtime.jit_compile() else self._replica_step)
         self._step = tf.function(self._distributed_step, reduce_retracing=True)
 
-    def _replica_step(self, batch):
+    def _replica_step(self, batch, stop):
         images, labels = batch["image"], batch["label"]
         model = self._folded or self.model
         logits = model(images, training=False)
@@ -60,7 +60,7 @@ class Evaluator:
             robust = tf.reduce_sum(
                 tf.cast(tf.equal(tf.argmax(adv_logits, 1), labels), tf.float32))
         count = tf.cast(tf.shape(labels)[0], tf.float32)
-        return tf.stack([correct, robust, loss, count])
+        return tf.stack([correct, robust, loss, count, tf.cast(stop, tf.float32)])
 
     def _refresh_folded(self):
         if not self.fold_batchnorm:
@@ -74,8 +74,8 @@ class Evaluator:
         else:
             self._folded.refresh()
 
-    def _distributed_step(self, batch):
-        per_replica = self.strategy.run(self._replica_fn, args=(batch,))
+    def _distributed_step(self, batch, stop):
+        per_replica = self.strategy.run(self._replica_fn, args=(batch, stop))
         return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
     def __call__(self, splits: data.Splits, split: str, batch_size: int, seed: int = 0
@@ -86,11 +86,20 @@ class Evaluator:
         batches = self.strategy.distribute_datasets_from_function(
             lambda context: pipeline.eval_batches(splits, split, batch_size, seed, with_noise,
                                               input_context=context))
-        totals = tf.zeros([4])
+        totals = tf.zeros([5])
+        # A stop request abandons the evaluation between batches (preemption.py); with
+        # several workers the request travels in the batch's reduction, so all stop
+        # after the same batch.
+        multi_worker = runtime.multi_worker(self.strategy)
         with data.unreadable_images_named():
             for batch in batches:
-                totals += self._step(batch)
-        correct, robust, loss, count = (float(v) for v in totals.numpy())
+                asked = preemption.requested()
+                if asked is not None and not multi_worker:
+                    raise preemption.Preempted(asked, f"while evaluating on {split}")
+                totals += self._step(batch, tf.constant(0.0 if asked is None else 1.0))
+                if multi_worker and totals[4] > 0:
+                    raise preemption.Preempted(asked, f"while evaluating on {split}")
+        correct, robust, loss, count, _ = (float(v) for v in totals.numpy())
         if count == 0:
             raise ValueError("Cannot evaluate on an empty dataset")
         return Accuracy(sa=100.0 * correct / count,

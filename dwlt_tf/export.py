@@ -23,7 +23,6 @@ import io
 import os
 import shutil
 import tarfile
-import tempfile
 
 import numpy as np
 
@@ -141,8 +140,7 @@ def export(model, export_dir, version, meta, image_size, augment="cifar", sample
         sample = np.random.default_rng(0).random((4, image_size, image_size, 3), np.float32)
     reference = serving.serve(tf.constant(sample))["logits"].numpy()
 
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=os.path.dirname(target))
+    tmp = files.make_temp_dir(os.path.dirname(target), f".tmp-{version}-")
     try:
         info = dict(meta)
         info.update(sparsity=expected, image_size=image_size, preprocessing=augment,
@@ -211,6 +209,19 @@ def next_version(export_dir):
     return max(versions, default=0) + 1
 
 
+def find_version(export_dir, run_key, checkpoint):
+    """The export version holding checkpoint `checkpoint` of the run keyed `run_key`
+    (its ticket.json's `source_run`), or None."""
+    export_dir = os.path.abspath(export_dir)
+    if not os.path.isdir(export_dir):
+        return None
+    for name in sorted((n for n in os.listdir(export_dir) if n.isdigit()), key=int):
+        source = (exported_info(export_dir, name) or {}).get("source_run", {})
+        if source.get("key") == run_key and source.get("checkpoint") == checkpoint:
+            return int(name)
+    return None
+
+
 def exported_info(export_dir, version):
     """The ticket.json of `<export_dir>/<version>`, or None when there is no such export."""
     path = os.path.join(os.path.abspath(export_dir), str(version), "assets", TICKET_ASSET)
@@ -223,7 +234,7 @@ def add_audit(target, result: dict):
     path = os.path.join(target, "assets", TICKET_ASSET)
     info = files.read_json(path)
     info["audit"] = result
-    files.write_json(path, info)
+    files.update_json(path, info)  # unchanged (a re-run): nothing written
 
 
 def export_run(run: transfer.FinishedRun, export_dir, version, which="ra", tflite=False,

@@ -131,6 +131,10 @@ def claim(workdir, identity, overwrite=False, what="run"):
     identity = canonical(identity)
     recorded = read(workdir)
     moved = None
+    if recorded is None and _holds_a_run(workdir):
+        # Another process sharing the workdir (a distributed tuner, a study shard) writes
+        # its record before its first output: outputs seen now mean a record to re-read.
+        recorded = read(workdir)
     if recorded == identity:
         return None
     if recorded is not None or _holds_a_run(workdir):

@@ -156,8 +156,8 @@ def write_tables(rows, workdir):
     writer.writeheader()
     for row in rows:
         writer.writerow(row)
-    files.write_text(os.path.join(workdir, "results.csv"), buffer.getvalue())
-    files.write_json(os.path.join(workdir, "results.json"), rows)
+    files.update_text(os.path.join(workdir, "results.csv"), buffer.getvalue())
+    files.update_json(os.path.join(workdir, "results.json"), rows)
 
 
 def _fmt(value, std=None, n=None):
@@ -263,7 +263,6 @@ def plot(rows, summary, workdir):
     """One PNG per group: SA and RA versus sparsity per method and regime (error bars:
     standard deviation over seeds), the dense model as reference lines."""
     out_dir = os.path.join(workdir, "plots")
-    os.makedirs(out_dir, exist_ok=True)
     paths = []
     styles = {"imp": "o-", "omp": "s--", "random": "^:"}
     for (pretraining, dataset, rate), group in summary.items():
@@ -294,8 +293,9 @@ def plot(rows, summary, workdir):
         fig.suptitle(f"{pretraining} pre-training → {dataset} (data rate {rate:g})")
         fig.tight_layout()
         path = os.path.join(out_dir, f"{pretraining}_{dataset}_{rate:g}.png")
-        fig.savefig(path + ".tmp.png", dpi=100)
-        os.replace(path + ".tmp.png", path)
+        image = io.BytesIO()
+        fig.savefig(image, format="png", dpi=100)
         plt.close(fig)
+        files.update_bytes(path, image.getvalue())  # the same plot: nothing written
         paths.append(path)
     return paths

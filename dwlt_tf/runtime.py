@@ -57,6 +57,15 @@ def configure(intra_op_threads=0, inter_op_threads=1, deterministic=False, jit_c
         tf.config.experimental.enable_op_determinism()
 
 
+def multi_worker(strategy):
+    """Whether `strategy` spans several worker processes (MultiWorkerMirroredStrategy)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return False
+    tasks = resolver.cluster_spec().as_dict()
+    return sum(len(members) for members in tasks.values()) > 1
+
+
 def strategy(name="auto"):
     """The process's tf.distribute strategy of that name (created once, then reused).
 

@@ -506,8 +506,8 @@ class Study:
         report.plot(rows, summary, self.workdir)
         text = report.markdown(rows, summary, self.plan.tolerance, note, self.plan.rule,
                                self.plan.seeds, audits)
-        files.write_text(os.path.join(self.workdir, "report.md"), text)
-        files.write_json(os.path.join(self.workdir, "summary.json"),
+        files.update_text(os.path.join(self.workdir, "report.md"), text)
+        files.update_json(os.path.join(self.workdir, "summary.json"),
                          {f"{k[0]}|{k[1]}|{k[2]}": v for k, v in summary.items()})
         return rows, summary
 
@@ -584,26 +584,26 @@ class Study:
             return None, reason
         run = transfer.open_run(os.path.join(self.workdir, row["cell"]))
         export_dir = os.path.join(self.workdir, "export")
-        version = int(self.plan.export.get("version", 1))
-        existing = export.exported_info(export_dir, version)
-        source = (existing or {}).get("source_run", {})
-        if source.get("key") == run.key and source.get("checkpoint") == "best_ra":
-            return (row, os.path.join(export_dir, str(version))), (
-                f"`export/{version}` holds {reason} (adversarial transfer, seed {row['seed']}, "
-                f"best-RA checkpoint: test SA {_pct(existing['test_sa'])}, RA "
-                f"{_pct(existing['test_ra'])}), exported by an earlier run of this study.")
+        wanted = int(self.plan.export.get("version", 1))
+        # The same sentence whether exported now or by an earlier run, so that re-running a
+        # finished study rewrites nothing.
+        version = export.find_version(export_dir, run.key, "best_ra")
+        if version is None:
+            version = wanted if not os.path.exists(os.path.join(export_dir, str(wanted))) \
+                else export.next_version(export_dir)
+            export.export_run(
+                run, export_dir, version, which="ra",
+                tflite=self.plan.export.get("tflite", False),
+                extra={"selection": reason, "seed": row["seed"]},
+                splits=self._load(run.dataset), log=self.log)
+        info = export.exported_info(export_dir, version)
         prefix = ""
-        if os.path.exists(os.path.join(export_dir, str(version))):
-            taken = version
-            version = export.next_version(export_dir)
+        if version != wanted:
+            existing = export.exported_info(export_dir, wanted)
             what = (f"an earlier selection ({existing.get('selection', 'unknown')})"
                     if existing else "something that is not a complete export")
-            prefix = (f"`export/{taken}` already holds {what} and was left as it is; ")
-        target, info = export.export_run(
-            run, export_dir, version, which="ra", tflite=self.plan.export.get("tflite", False),
-            extra={"selection": reason, "seed": row["seed"]}, splits=self._load(run.dataset),
-            log=self.log)
-        return (row, target), (
+            prefix = f"`export/{wanted}` already holds {what} and was left as it is; "
+        return (row, os.path.join(export_dir, str(version))), (
             f"{prefix}Exported {reason} (adversarial transfer, seed {row['seed']}, best-RA "
             f"checkpoint: test SA {_pct(info['test_sa'])}, RA {_pct(info['test_ra'])}) to "
             f"`export/{version}`.")

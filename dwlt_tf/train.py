@@ -39,7 +39,7 @@ import tensorflow as tf
 import tf_keras
 
 from dwlt_tf import (attacks, data, errors, evaluate, files, identity, optim, pipeline,
-                     pruning_wrapper, runtime)
+                     preemption, pruning_wrapper, runtime)
 
 MODES = ("standard", "fast_adversarial", "pgd")
 # float64 is for numerical checks (e.g. comparing strategies without float32 noise).
@@ -247,7 +247,7 @@ class TrainingRun:
         self.train_step = tf.function(self._train_step)
 
     # ----------------------------------------------------------------- stepping
-    def _replica_step(self, batch):
+    def _replica_step(self, batch, stop):
         spec, model = self.spec, self.model
         images, labels = batch["image"], batch["label"]
         local = tf.cast(tf.shape(labels)[0], tf.float32)
@@ -273,11 +273,15 @@ class TrainingRun:
             grads = self.optimizer.get_unscaled_gradients(grads)
         self.optimizer.apply_gradients(zip(grads, variables))
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1), labels), tf.float32))
-        return tf.stack([loss_sum, correct, local])
+        return tf.stack([loss_sum, correct, local, tf.cast(stop, tf.float32)])
 
-    def _train_step(self, iterator):
+    def _train_step(self, iterator, stop=None):
+        """One global step. Returns [loss sum, correct, examples, stop requests]: `stop`
+        (a float tensor, 1 where this process was asked to stop) is summed with the
+        step's results over every replica and worker, so all agree on stopping."""
+        stop = tf.constant(0.0) if stop is None else stop
         batch = next(iterator)
-        per_replica = self.strategy.run(self._replica_fn, args=(batch,))
+        per_replica = self.strategy.run(self._replica_fn, args=(batch, stop))
         pruning_wrapper.apply_masks(self.model)
         return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
@@ -373,95 +377,135 @@ def fit(model_fn: Callable[[], tf_keras.Model], splits: data.Splits, spec: Train
 
 
 def _train(run, result_path):
-    spec, splits, strategy, model = run.spec, run.splits, run.strategy, run.model
+    spec = run.spec
     resumed_from = run.restore_latest()
     start_epoch, skip = int(run.epoch.numpy()), int(run.step_in_epoch.numpy())
     metrics_path = os.path.join(run.workdir, METRICS_FILE)
     history = _read_metrics(metrics_path, start_epoch)
     writer = None
     if run.chief:
-        files.write_text(metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n"
-                                               for r in history))
+        files.update_text(metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n"
+                                                for r in history))
         writer = tf.summary.create_file_writer(os.path.join(run.workdir, "tensorboard"))
     if resumed_from and spec.verbose:
         print(f"Resuming {run.workdir} at epoch {start_epoch + 1}, step {skip}")
-    with_noise = spec.attack is not None
     throughput = []
-    for epoch in range(start_epoch, spec.epochs):
-        # Each input pipeline (one per worker) reads and decodes only its replicas' share.
-        iterator = iter(strategy.distribute_datasets_from_function(
-            lambda context, e=epoch, s=skip: pipeline.train_batches(
-                splits, spec.batch_size, spec.seed, e, skip_batches=s, with_noise=with_noise,
-                input_context=context)))
-        bar = tf_keras.utils.Progbar(run.steps_per_epoch, verbose=spec.verbose,
-                                     stateful_metrics=["loss", "acc", "img/s"])
-        if skip:
-            bar.update(skip)
-        loss_sum, correct, seen = (float(v) for v in run.epoch_totals.numpy()) if skip \
-            else (0.0, 0.0, 0.0)
-        epoch_start = time.time()
-        for step in range(skip, run.steps_per_epoch):
-            started = time.time()
-            with data.unreadable_images_named():
-                batch_loss, batch_correct, batch_count = (
-                    float(v) for v in run.train_step(iterator).numpy())
-            elapsed = time.time() - started
-            if not math.isfinite(batch_loss):
-                raise NonFiniteLossError(
-                    f"Training loss became {batch_loss} at epoch {epoch + 1}, step {step + 1} "
-                    f"in {run.workdir}; stopped without saving, the last good checkpoint "
-                    f"({run.manager.latest_checkpoint or 'none yet'}) is intact")
-            loss_sum, correct, seen = loss_sum + batch_loss, correct + batch_correct, \
-                seen + batch_count
-            global_step = epoch * run.steps_per_epoch + step + 1
-            if step > skip or epoch > start_epoch:  # first step of a run includes tracing
-                throughput.append(batch_count / max(elapsed, 1e-9))
-            bar.update(step + 1, [("loss", batch_loss / max(batch_count, 1)),
-                                  ("acc", 100 * batch_correct / max(batch_count, 1)),
-                                  ("img/s", batch_count / max(elapsed, 1e-9))])
-            if writer and spec.log_every_steps and global_step % spec.log_every_steps == 0:
-                with writer.as_default(step=global_step):
-                    tf.summary.scalar("train/loss", batch_loss / max(batch_count, 1))
-                    tf.summary.scalar("train/lr", run.schedule(global_step - 1))
-                    tf.summary.scalar("train/images_per_sec", batch_count / max(elapsed, 1e-9))
-            if spec.checkpoint_every_steps and global_step % spec.checkpoint_every_steps == 0 \
-                    and step + 1 < run.steps_per_epoch:
-                run.step_in_epoch.assign(step + 1)
-                run.epoch_totals.assign([loss_sum, correct, seen])
-                run.save(global_step, f"epoch {epoch + 1}, step {step + 1}")
-        skip = 0
-        record = {"epoch": epoch, "step": (epoch + 1) * run.steps_per_epoch,
-                  "lr": run.schedule.at_epoch(epoch),
-                  "train_loss": loss_sum / max(seen, 1), "train_acc": 100 * correct / max(seen, 1),
-                  "epoch_seconds": time.time() - epoch_start,
-                  "sparsity": pruning_wrapper.model_sparsity(model)
-                  if pruning_wrapper.wrappers(model) else 0.0}
-        if epoch >= spec.eval_start_epoch or epoch == spec.epochs - 1:
-            val = run.val_evaluator(splits, "val", spec.eval_batch_size, spec.seed)
-            record.update(val.as_dict("val_"))
-            if val.sa > run.best_sa.numpy():
-                run.best_sa.assign(val.sa)
-                run.save_best("sa")
-            ra = val.ra if val.ra is not None else val.sa
-            if ra > run.best_ra.numpy():
-                run.best_ra.assign(ra)
-                run.save_best("ra")
-        if run.chief:
-            _append_metrics(metrics_path, record)
-            with writer.as_default(step=record["step"]):
-                for key in ("train_loss", "train_acc", "val_sa", "val_ra", "val_loss",
-                            "sparsity", "lr"):
-                    if key in record:
-                        tf.summary.scalar(f"epoch/{key}", record[key])
-        history.append(record)
-        if spec.verbose:
-            print(f"epoch {epoch + 1}/{spec.epochs}: " + ", ".join(
-                f"{k} {v:.4g}" for k, v in record.items() if k not in ("epoch", "step")))
-        run.epoch.assign(epoch + 1)
-        run.step_in_epoch.assign(0)
-        run.epoch_totals.assign([0.0, 0.0, 0.0])
-        run.save((epoch + 1) * run.steps_per_epoch, f"end of epoch {epoch + 1}")
+    try:
+        for epoch in range(start_epoch, spec.epochs):
+            totals, seconds = _train_epoch(run, epoch, skip, writer, throughput,
+                                            first_of_run=epoch == start_epoch)
+            skip = 0
+            record = _end_epoch(run, epoch, totals, seconds)
+            if run.chief:
+                _append_metrics(metrics_path, record)
+                with writer.as_default(step=record["step"]):
+                    for key in ("train_loss", "train_acc", "val_sa", "val_ra", "val_loss",
+                                "sparsity", "lr"):
+                        if key in record:
+                            tf.summary.scalar(f"epoch/{key}", record[key])
+            history.append(record)
+            if spec.verbose:
+                print(f"epoch {epoch + 1}/{spec.epochs}: " + ", ".join(
+                    f"{k} {v:.4g}" for k, v in record.items() if k not in ("epoch", "step")))
+            run.epoch.assign(epoch + 1)
+            run.step_in_epoch.assign(0)
+            run.epoch_totals.assign([0.0, 0.0, 0.0])
+            run.save((epoch + 1) * run.steps_per_epoch, f"end of epoch {epoch + 1}")
+    finally:
+        if writer is not None:
+            writer.close()  # flushes what a stop or crash would otherwise lose
     return _finish(run, history, throughput, result_path)
+
+
+def _save_progress(run, epoch, steps_done, totals):
+    """A checkpoint inside epoch `epoch` after `steps_done` of its steps."""
+    run.step_in_epoch.assign(steps_done)
+    run.epoch_totals.assign(list(totals))
+    run.save(epoch * run.steps_per_epoch + steps_done,
+             f"epoch {epoch + 1}, step {steps_done}")
+
+
+def _train_epoch(run, epoch, skip, writer, throughput, first_of_run):
+    """The training steps of `epoch` from step `skip` on. Returns ((loss sum, correct,
+    examples), seconds). A stop request ends it after the current step, checkpointed."""
+    spec, strategy = run.spec, run.strategy
+    # Each input pipeline (one per worker) reads and decodes only its replicas' share.
+    iterator = iter(strategy.distribute_datasets_from_function(
+        lambda context: pipeline.train_batches(
+            run.splits, spec.batch_size, spec.seed, epoch, skip_batches=skip,
+            with_noise=spec.attack is not None, input_context=context)))
+    bar = tf_keras.utils.Progbar(run.steps_per_epoch, verbose=spec.verbose,
+                                 stateful_metrics=["loss", "acc", "img/s"])
+    if skip:
+        bar.update(skip)
+    totals = [float(v) for v in run.epoch_totals.numpy()] if skip else [0.0, 0.0, 0.0]
+    epoch_start = time.time()
+    multi_worker = runtime.multi_worker(strategy)
+    for step in range(skip, run.steps_per_epoch):
+        started = time.time()
+        asked = preemption.requested()
+        with data.unreadable_images_named():
+            batch_loss, batch_correct, batch_count, stops = (
+                float(v) for v in run.train_step(
+                    iterator, tf.constant(0.0 if asked is None else 1.0)).numpy())
+        elapsed = time.time() - started
+        if not math.isfinite(batch_loss):
+            raise NonFiniteLossError(
+                f"Training loss became {batch_loss} at epoch {epoch + 1}, step {step + 1} "
+                f"in {run.workdir}; stopped without saving, the last good checkpoint "
+                f"({run.manager.latest_checkpoint or 'none yet'}) is intact")
+        totals = [totals[0] + batch_loss, totals[1] + batch_correct, totals[2] + batch_count]
+        global_step = epoch * run.steps_per_epoch + step + 1
+        if step > skip or not first_of_run:  # a run's first step includes tracing
+            throughput.append(batch_count / max(elapsed, 1e-9))
+        bar.update(step + 1, [("loss", batch_loss / max(batch_count, 1)),
+                              ("acc", 100 * batch_correct / max(batch_count, 1)),
+                              ("img/s", batch_count / max(elapsed, 1e-9))])
+        if writer and spec.log_every_steps and global_step % spec.log_every_steps == 0:
+            with writer.as_default(step=global_step):
+                tf.summary.scalar("train/loss", batch_loss / max(batch_count, 1))
+                tf.summary.scalar("train/lr", run.schedule(global_step - 1))
+                tf.summary.scalar("train/images_per_sec", batch_count / max(elapsed, 1e-9))
+        # Every worker must stop after the same step: one that was not signalled learns
+        # of it from the step's reduction (`stops`), one step after the signal at most.
+        if stops > 0 or (preemption.requested() is not None and not multi_worker):
+            _save_progress(run, epoch, step + 1, totals)
+            raise preemption.Preempted(preemption.requested(), f"at epoch {epoch + 1} step "
+                                       f"{step + 1} of {run.steps_per_epoch}",
+                                       checkpointed=True)
+        if spec.checkpoint_every_steps and global_step % spec.checkpoint_every_steps == 0 \
+                and step + 1 < run.steps_per_epoch:
+            _save_progress(run, epoch, step + 1, totals)
+    return totals, time.time() - epoch_start
+
+
+def _end_epoch(run, epoch, totals, seconds):
+    """The epoch's record; validation (and best-checkpoint saving) when it is due. A stop
+    request during validation checkpoints the finished steps (validation reruns)."""
+    spec, model = run.spec, run.model
+    loss_sum, correct, seen = totals
+    record = {"epoch": epoch, "step": (epoch + 1) * run.steps_per_epoch,
+              "lr": run.schedule.at_epoch(epoch),
+              "train_loss": loss_sum / max(seen, 1), "train_acc": 100 * correct / max(seen, 1),
+              "epoch_seconds": seconds,
+              "sparsity": pruning_wrapper.model_sparsity(model)
+              if pruning_wrapper.wrappers(model) else 0.0}
+    if epoch >= spec.eval_start_epoch or epoch == spec.epochs - 1:
+        try:
+            val = run.val_evaluator(run.splits, "val", spec.eval_batch_size, spec.seed)
+        except preemption.Preempted as stop:
+            _save_progress(run, epoch, run.steps_per_epoch, totals)
+            raise preemption.Preempted(stop.signum, f"at epoch {epoch + 1}, validating after "
+                                       "its last step", checkpointed=True) from None
+        record.update(val.as_dict("val_"))
+        if val.sa > run.best_sa.numpy():
+            run.best_sa.assign(val.sa)
+            run.save_best("sa")
+        ra = val.ra if val.ra is not None else val.sa
+        if ra > run.best_ra.numpy():
+            run.best_ra.assign(ra)
+            run.save_best("ra")
+    return record
 
 
 def _finish(run, history, throughput, result_path):

@@ -142,8 +142,9 @@ def run(pretrained_dir: str, ticket_dir: Optional[str], dataset: data.DataSpec,
         "class_names": list(splits.class_names), "mode": spec.mode,
         "arch": meta["arch"], "stem": meta["stem"], "base_width": meta["base_width"],
     }
-    # Rewritten on every call (same identity): paths follow inputs that were moved.
-    files.write_json(os.path.join(workdir, PROVENANCE_FILE), provenance)
+    # Updated on every call (same identity): paths follow inputs that were moved; written
+    # only when it changes, so a finished run is re-reported from a read-only copy.
+    files.update_json(os.path.join(workdir, PROVENANCE_FILE), provenance)
     return train.fit(build, splits, spec, workdir, strategy, inputs=run_inputs)
 
 

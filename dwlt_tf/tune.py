@@ -18,6 +18,12 @@ does not rerun finished trials), `trials.csv`, and `best.flags`, a flagfile of c
 overrides that `trainers/transfer.py --flagfile=best.flags` accepts. The workdir belongs
 to one search (`identity.claim`: base spec, data, weights, ticket, search space, oracle,
 objective and seed); `max_trials` is not part of it, so raising it extends a search.
+
+Many workers: keras-tuner's own distributed mode. Every process runs the same command
+on a shared workdir with `KERASTUNER_TUNER_ID` (`chief`, or a worker's id),
+`KERASTUNER_ORACLE_IP` and `KERASTUNER_ORACLE_PORT` set: the chief serves the oracle and
+waits, each worker runs the trials the oracle hands it, and when the oracle has no trial
+left the workers return and the chief writes `trials.csv` and `best.flags`.
 """
 import csv
 import dataclasses
@@ -26,7 +32,7 @@ import os
 
 import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import keras_tuner
-from keras_tuner.src.engine import base_tuner
+from keras_tuner.engine import base_tuner
 
 from dwlt_tf import config as cfg
 from dwlt_tf import convert, data, files, identity, report, tickets, train, transfer
@@ -35,6 +41,43 @@ OBJECTIVES = ("val_sa", "val_ra", "weighted")
 ORACLES = ("random", "bayesian", "hyperband")
 _TUNABLE = {f.name for f in dataclasses.fields(train.TrainSpec)} - {
     "attack", "eval_attack", "mode", "test", "verbose", "precision", "milestones"}
+
+
+TUNE_KEYS = ("oracle", "objective", "weights", "space", "max_trials", "max_epochs", "seed")
+
+
+def role():
+    """"chief", "worker" (keras-tuner's distributed mode, from its documented environment
+    variables) or "single"."""
+    if not os.environ.get("KERASTUNER_ORACLE_IP"):
+        return "single"
+    missing = [v for v in ("KERASTUNER_ORACLE_PORT", "KERASTUNER_TUNER_ID")
+               if not os.environ.get(v)]
+    if missing:
+        raise cfg.ConfigError(f"KERASTUNER_ORACLE_IP is set but {' and '.join(missing)} "
+                              "not: distributed tuning needs all three (see README)")
+    return "chief" if "chief" in os.environ["KERASTUNER_TUNER_ID"] else "worker"
+
+
+def validate(tune_config, base_spec):
+    """The tune section as a plain dict, every value checked before any work."""
+    cfg.check_keys(tune_config, TUNE_KEYS, "tune")
+    tc = cfg.to_dict(tune_config)
+    for key, default in (("max_trials", 10), ("max_epochs", 4), ("seed", 1)):
+        value = tc.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or (
+                value < 1 if key != "seed" else value < 0):
+            raise cfg.ConfigError(f"tune.{key}={value!r}: must be "
+                                  f"{'an int >= 0' if key == 'seed' else 'a positive int'}")
+    weights = tc.get("weights") or {}
+    if not isinstance(weights, dict) or set(weights) - {"sa", "ra"} or any(
+            isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0
+            for w in weights.values()):
+        raise cfg.ConfigError(f"tune.weights={weights!r}: give {{'sa': w1, 'ra': w2}} with "
+                              "numbers >= 0")
+    validate_space(tc.get("space"), tc.get("objective", "val_sa"), weights, base_spec,
+                   tc.get("oracle", "random"))
+    return tc
 
 
 def validate_space(space, objective, weights, base_spec, oracle):
@@ -138,12 +181,15 @@ def make_oracle(kind, objective, max_trials, seed, max_epochs=None):
 
 def search(pretrained, ticket, dataset, base_spec, tune_config, workdir, strategy=None,
            overwrite=False):
-    """Runs (or resumes) a search; returns (rows, best_values, tuner)."""
-    cfg.check_keys(tune_config, ("oracle", "objective", "weights", "space", "max_trials",
-                                 "max_epochs", "seed"), "tune")
-    tc = cfg.to_dict(tune_config)
-    space = validate_space(tc.get("space"), tc.get("objective", "val_sa"),
-                           tc.get("weights", {}), base_spec, tc.get("oracle", "random"))
+    """Runs (or resumes) a search; returns (rows, best_values, tuner).
+
+    In keras-tuner's distributed mode (`role`), a worker returns ([], None, tuner) once
+    the oracle has no trial left for it; the chief returns the whole search's rows and
+    writes the outputs.
+    """
+    tc = validate(tune_config, base_spec)
+    space = cfg.to_dict(tc["space"])
+    distributed_role = role()
     splits = data.load(dataset)
     masks = tickets.load(ticket)[0] if ticket else None
     search_identity = train.run_identity(base_spec, splits.identity,
@@ -157,6 +203,9 @@ def search(pretrained, ticket, dataset, base_spec, tune_config, workdir, strateg
                           tc.get("objective", "val_sa"), tc.get("weights", {}) or {}, workdir,
                           strategy, splits=splits)
     tuner.search()
+    tuner.trials_run_this_call = list(tuner.trials_run)
+    if distributed_role == "worker":  # the chief holds the oracle and writes the outputs
+        return [], None, tuner
     rows = []
     for trial in sorted(tuner.oracle.trials.values(), key=lambda t: t.trial_id):
         row = {"trial": trial.trial_id, "status": str(trial.status),
@@ -175,23 +224,28 @@ def search(pretrained, ticket, dataset, base_spec, tune_config, workdir, strateg
         best_values["epochs"] = int(best_values["tuner/epochs"])
     best_values = {k: v for k, v in best_values.items() if not k.startswith("tuner/")}
     _write_outputs(rows, best_values, best, workdir)
-    tuner.trials_run_this_call = list(tuner.trials_run)
     return rows, best_values, tuner
 
 
+_LEADING_COLUMNS = ("trial", "status", "score", "val_sa", "val_ra", "weighted", "ra_attack")
+
+
 def _write_outputs(rows, best_values, best, workdir):
-    columns = sorted({key for row in rows for key in row},
-                     key=lambda k: (k not in ("trial", "status", "score"), k))
+    """trials.csv (trial, status, score, metrics, then hyperparameters by name) and
+    best.flags; each written only when its content changes (read-only copies)."""
+    present = {key for row in rows for key in row}
+    columns = [c for c in _LEADING_COLUMNS if c in present] + sorted(
+        present - set(_LEADING_COLUMNS))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
     for row in rows:
         writer.writerow(row)
-    files.write_text(os.path.join(workdir, "trials.csv"), buffer.getvalue())
+    files.update_text(os.path.join(workdir, "trials.csv"), buffer.getvalue())
     lines = [f"# best trial {best.trial_id}: score {best.score}"]
     lines += [f"--config.train.{k}={v!r}" if isinstance(v, str) else f"--config.train.{k}={v}"
               for k, v in sorted(best_values.items())]
-    files.write_text(os.path.join(workdir, "best.flags"), "\n".join(lines) + "\n")
+    files.update_text(os.path.join(workdir, "best.flags"), "\n".join(lines) + "\n")
 
 
 def summary(rows):

@@ -143,3 +143,59 @@ def imagenet_archive(tmp_path_factory):
     val, _ = bundled_images("test", 1, size=(72, 96))
     archives.imagenet_tars(str(data_dir / "downloads" / "manual"), train, val[:5])
     return str(data_dir), train, val[:5]
+
+
+# ------------------------------------------------------------------ read-only copies
+
+def snapshot(root):
+    """{path: (size, mtime_ns)} of everything under `root`: compare to see no write."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            info = os.lstat(path)
+            out[path] = (info.st_size if name in filenames else 0, info.st_mtime_ns)
+    return out
+
+
+@pytest.fixture
+def read_only_copy():
+    """read_only_copy(src, dst): copies a finished run to `dst` and makes it truly read-only
+    (a read-only bind mount as root -- root writes through file permissions -- else the
+    permissions); undone at the end of the test."""
+    import shutil  # pylint: disable=import-outside-toplevel
+    import subprocess  # pylint: disable=import-outside-toplevel
+    mounted, chmodded = [], []
+
+    def make(src, dst):
+        shutil.copytree(src, dst)
+        if os.geteuid() == 0:
+            steps = [["mount", "--bind", str(dst), str(dst)],
+                     ["mount", "-o", "remount,bind,ro", str(dst)]]
+            for step in steps:
+                if subprocess.run(step, capture_output=True).returncode != 0:
+                    if step is steps[1]:
+                        subprocess.run(["umount", str(dst)], capture_output=True)
+                    pytest.skip("running as root without mount rights: cannot make a "
+                                "directory read-only")
+            mounted.append(str(dst))
+        else:
+            for dirpath, dirnames, filenames in os.walk(dst):
+                for name in filenames + dirnames:
+                    os.chmod(os.path.join(dirpath, name), 0o555 if name in dirnames else 0o444)
+            os.chmod(dst, 0o555)
+            chmodded.append(str(dst))
+        probe = os.path.join(str(dst), ".write-probe")
+        try:
+            open(probe, "w").close()
+        except OSError:
+            return dst
+        pytest.fail(f"{dst} is still writable")
+
+    yield make
+    import subprocess as sp  # pylint: disable=import-outside-toplevel
+    for path in mounted:
+        sp.run(["umount", path], capture_output=True)
+    for path in chmodded:
+        for dirpath, dirnames, filenames in os.walk(path):
+            os.chmod(dirpath, 0o755)

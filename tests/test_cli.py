@@ -9,7 +9,7 @@ import sys
 import pytest
 import tf_keras
 
-from conftest import BUNDLED_CIFAR, REPO
+from conftest import BUNDLED_CIFAR, REPO, snapshot
 from dwlt_tf import (cli, convert, data, errors, export, identity, models, pruning,
                      pruning_wrapper, tickets, transfer)
 
@@ -79,11 +79,19 @@ def _transfer(workdir, weights, ticket, *extra):
                 *([f"--ticket={ticket}"] if ticket else []), *extra)
 
 
-def test_rerun_into_a_used_workdir_refuses_other_settings(weights_and_ticket, tmp_path):
+def test_rerun_into_a_used_workdir_refuses_other_settings(weights_and_ticket, tmp_path,
+                                                          read_only_copy):
     weights, ticket, kernels = weights_and_ticket
     workdir = tmp_path / "run"
     first = _transfer(workdir, weights, ticket)
     assert first.returncode == 0, first.stderr[-3000:]
+    # The finished run, re-run from a read-only copy (an archive): reported, nothing written.
+    archive = read_only_copy(workdir, tmp_path / "archive")
+    before = snapshot(archive)
+    again = _transfer(archive, weights, ticket)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout == first.stdout.replace(str(workdir), str(archive))
+    assert snapshot(archive) == before
     # Another learning rate: stopped before any work, naming the difference.
     out = _transfer(workdir, weights, ticket, "--config.train.lr=0.5")
     assert out.returncode == 2, out.stderr[-3000:]

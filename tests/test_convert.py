@@ -198,9 +198,14 @@ def _bad_file(kind, tmp_path):
         with open(good, "rb") as f:
             blob = f.read()
         path.write_bytes(blob[: len(blob) // 2])
-    elif kind == "code_execution":
+    elif kind == "code_execution":  # a real torch.save file whose pickle runs code
+        import torch  # pylint: disable=import-outside-toplevel
+        torch.save({"conv1.weight": _Evil()}, str(path))
+    elif kind == "plain_pickle":  # torch.load cannot read it, whatever it holds
         with open(path, "wb") as f:
             pickle.dump({"conv1.weight": _Evil()}, f)
+    elif kind == "directory":
+        path.mkdir()
     elif kind == "wrong_arch":
         _write("torchvision", _torch_model("resnet18", "imagenet", num_classes=1000), path)
     elif kind == "mask_without_orig":
@@ -215,6 +220,8 @@ def _bad_file(kind, tmp_path):
     ("not_a_checkpoint", "not a PyTorch checkpoint"),
     ("truncated", "truncated or corrupt"),
     ("code_execution", "needs code execution"),
+    ("plain_pickle", r"is not a PyTorch checkpoint: torch.save writes a zip archive"),
+    ("directory", "is a directory; give the checkpoint file itself"),
     ("wrong_arch", "does not fit resnet50"),
     ("mask_without_orig", "'layer1.0.conv1.weight_mask' has no 'layer1.0.conv1.weight_orig'"),
 ])

@@ -13,9 +13,12 @@ from unittest import mock
 
 import pytest
 
-from conftest import BUNDLED_CIFAR, REPO, load_config
+from conftest import BUNDLED_CIFAR, REPO, load_config, snapshot
 from dwlt_tf import config as cfg
-from dwlt_tf import convert, data, pipeline, report, study, tickets, train, transfer
+from dwlt_tf import (convert, data, pipeline, preemption, report, study, tickets, train,
+                     transfer)
+
+SIGNALLER = os.path.join(REPO, "tests", "signal_worker.py")
 
 
 # ----------------------------------------------------------------- paper presets
@@ -285,10 +288,9 @@ def test_second_run_recomputes_nothing(tiny_study, tmp_path):
     assert again == rows
     assert sorted(glob.glob(os.path.join(workdir, "cells", "*"))) == cells
     assert stamps == {p: os.path.getmtime(p) for p in stamps}
-    # The export of an earlier run of the same selection is kept and reported as such.
+    # The export of an earlier run of the same selection is kept; the report is unchanged.
     assert sorted(os.listdir(os.path.join(workdir, "export"))) == ["1"]
-    assert "exported by an earlier run of this study" in open(
-        os.path.join(workdir, "report.md")).read()
+    assert "to `export/1`." in open(os.path.join(workdir, "report.md")).read()
 
 
 def test_changing_one_setting_recomputes_exactly_the_dependent_cells(tiny_study, tmp_path):
@@ -329,6 +331,12 @@ def test_export_version_holding_another_selection_is_kept(tiny_study, tmp_path):
     text = open(os.path.join(copy, "report.md")).read()
     assert "`export/1` already holds an earlier selection (an older choice)" in text
     assert "to `export/2`." in text
+    # Run again: export/2 is this selection's; nothing new is exported, nothing rewritten.
+    before = snapshot(copy)
+    with mock.patch.object(train, "_train", side_effect=AssertionError("retrained")):
+        study.run(load_config("study", "tiny"), copy, log=lambda *_: None)
+    assert sorted(os.listdir(os.path.join(copy, "export"))) == ["1", "2"]
+    assert snapshot(copy) == before
 
 
 def _cell(workdir, regime, ticket):
@@ -339,7 +347,21 @@ def _cell(workdir, regime, ticket):
     raise KeyError((regime, ticket))
 
 
-def test_evaluate_export_and_imp_binaries_on_study_outputs(tiny_study, tmp_path):
+def test_finished_study_is_reported_from_a_read_only_copy(tiny_study, tmp_path,
+                                                          read_only_copy):
+    reference, _, _ = tiny_study
+    archive = read_only_copy(reference, tmp_path / "archive")
+    before = snapshot(archive)
+    out = subprocess.run([sys.executable, "trainers/study.py", "--config=configs/study.py:tiny",
+                          f"--workdir={archive}"], cwd=REPO, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"study finished: {archive}/report.md" in out.stdout
+    assert snapshot(archive) == before
+
+
+def test_evaluate_export_and_imp_binaries_on_study_outputs(tiny_study, tmp_path,
+                                                          read_only_copy):
     workdir, rows, _ = tiny_study
     cell = _cell(workdir, "pgd", 2)
     row = next(r for r in rows if r["cell"] == os.path.relpath(cell, workdir))
@@ -355,14 +377,37 @@ def test_evaluate_export_and_imp_binaries_on_study_outputs(tiny_study, tmp_path)
     assert os.path.isfile(tmp_path / "serving" / "4" / "saved_model.pb")
     assert "sparsity 64.00%" in out.stdout
     pretrained = glob.glob(os.path.join(workdir, "cells", "pretrain_*", "weights"))[0]
-    out = subprocess.run([sys.executable, os.path.join(REPO, "trainers", "imp.py"),
-                          "--config=configs/imp.py:local", f"--pretrained={pretrained}",
-                          f"--workdir={tmp_path / 'imp'}", "--config.imp.rounds=2",
-                          "--config.train.epochs=1", "--config.train.verbose=0",
-                          "--config.train.attack.steps=1"],
+    imp_command = ["trainers/imp.py", "--config=configs/imp.py:local",
+                   f"--pretrained={pretrained}", "--config.imp.rounds=2",
+                   "--config.train.epochs=1", "--config.train.verbose=0",
+                   "--config.train.attack.steps=1"]
+    out = subprocess.run([sys.executable, *imp_command, f"--workdir={tmp_path / 'imp'}"],
                          capture_output=True, text=True, timeout=600, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "round_02: sparsity 36.00%" in out.stdout
+    # SIGTERM in the middle of round 1's training: a checkpoint and one line; the same
+    # command then finds exactly the uninterrupted run's tickets.
+    stopped = [sys.executable, SIGNALLER, "--at=round_01:2"] + imp_command + [
+        f"--workdir={tmp_path / 'stopped'}"]
+    out = subprocess.run(stopped, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert out.returncode == preemption.EXIT_STATUS, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines()[-1].startswith("imp: stopped by SIGTERM at epoch 1 "
+                                                          "step 2 of ")
+    assert not os.path.exists(tmp_path / "stopped" / "tickets" / "round_02")
+    out = subprocess.run([sys.executable, *imp_command, f"--workdir={tmp_path / 'stopped'}"],
+                         capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for k in (1, 2):
+        ours, theirs = (tickets.load(str(d / "tickets" / f"round_{k:02d}"))[0]
+                        for d in (tmp_path / "stopped", tmp_path / "imp"))
+        assert all((ours[n] == theirs[n]).all() for n in theirs)
+    # The finished IMP run from a read-only copy: its tickets reported, nothing written.
+    archive = read_only_copy(tmp_path / "imp", tmp_path / "imp_archive")
+    before = snapshot(archive)
+    out = subprocess.run([sys.executable, *imp_command, f"--workdir={archive}"],
+                         capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "round_02: sparsity 36.00%" in out.stdout and snapshot(archive) == before
 
 
 def test_transfer_records_and_warns_when_ticket_and_weights_differ(tiny_study, tmp_path):
@@ -405,6 +450,25 @@ def _nothing_half_written(workdir):
         elif os.path.basename(parent) == "export" and name.isdigit():
             for part in ("saved_model.pb", "variables/variables.index", "assets/ticket.json"):
                 assert os.path.isfile(os.path.join(dirpath, part)), (dirpath, part)
+
+
+def test_sigterm_in_a_study_cell_then_the_same_command_resumes(tiny_study, tmp_path):
+    reference, _, _ = tiny_study
+    workdir = tmp_path / "study"
+    command = ["trainers/study.py", "--config=configs/study.py:tiny", f"--workdir={workdir}"]
+    out = subprocess.run([sys.executable, SIGNALLER, "--at=transfer_:2"] + command, cwd=REPO,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == preemption.EXIT_STATUS, out.stderr[-3000:]
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        "study: stopped by SIGTERM at epoch 1 step 2 of ")
+    assert "checkpoint written, re-running the same command resumes" in out.stderr
+    assert "Traceback" not in out.stderr and not (workdir / "results.csv").exists()
+    _nothing_half_written(workdir)
+    out = subprocess.run([sys.executable] + command, cwd=REPO, capture_output=True, text=True,
+                         timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (workdir / "results.csv").read_text() == open(
+        os.path.join(reference, "results.csv")).read()
 
 
 def test_study_killed_anywhere_resumes_to_an_uninterrupted_runs_results(tiny_study, tmp_path):

@@ -10,7 +10,7 @@ import time
 import pytest
 import tf_keras
 
-from conftest import REPO, load_config
+from conftest import REPO, load_config, snapshot
 from dwlt_tf import config as cfg
 from dwlt_tf import convert, identity, models, tune
 
@@ -95,7 +95,8 @@ def test_bad_search_spaces_fail_before_the_first_trial(tmp_path, pretrained, spa
     assert not os.path.exists(tmp_path / "trials")
 
 
-def test_killed_search_resumes_with_only_the_remaining_trials(tmp_path, pretrained):
+def test_killed_search_resumes_with_only_the_remaining_trials(tmp_path, pretrained,
+                                                              read_only_copy):
     workdir = tmp_path / "search"
     cmd = [sys.executable, os.path.join(REPO, "trainers", "tune.py"),
            f"--config={CONFIG}:local", f"--pretrained={pretrained}", f"--workdir={workdir}",
@@ -130,3 +131,69 @@ def test_killed_search_resumes_with_only_the_remaining_trials(tmp_path, pretrain
     (trial,) = done_before
     assert (workdir / "trials" / trial / "result.json").stat().st_mtime < \
         (workdir / "trials.csv").stat().st_mtime
+    # The finished search from a read-only copy: its table reported, nothing written.
+    archive = read_only_copy(workdir, tmp_path / "archive")
+    before = snapshot(archive)
+    cmd[cmd.index(f"--workdir={workdir}")] = f"--workdir={archive}"
+    third = subprocess.run(cmd + ["--config.tune.space.epochs.min=2"], capture_output=True,
+                           text=True, timeout=900)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "best:" in third.stdout and snapshot(archive) == before
+
+
+def _free_port():
+    import socket  # pylint: disable=import-outside-toplevel
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_distributed_tuning_chief_and_two_workers_all_exit_cleanly(tmp_path, pretrained):
+    """keras-tuner's own distributed mode: a chief serving the oracle, two workers."""
+    workdir = tmp_path / "search"
+    cmd = [sys.executable, os.path.join(REPO, "trainers", "tune.py"), f"--config={CONFIG}:local",
+           f"--pretrained={pretrained}", f"--workdir={workdir}",
+           f"--config.dataset.path={os.path.join(REPO, 'data', 'cifar10_jpeg_small')}",
+           "--config.dataset.data_rate=0.1", "--config.train.batch_size=32",
+           "--config.train.select_ra=False", "--config.train.eval_attack={}",
+           "--config.train.epochs=1", "--config.tune.max_trials=2",
+           "--config.tune.space={'lr': {'type': 'float', 'min': 0.005, 'max': 0.05}}"]
+    env = {**os.environ, "KERASTUNER_ORACLE_IP": "127.0.0.1",
+           "KERASTUNER_ORACLE_PORT": str(_free_port())}
+    logs = {name: open(tmp_path / f"{name}.log", "w") for name in ("chief", "tuner1", "tuner2")}
+    procs = {}
+    for name, log in logs.items():
+        procs[name] = subprocess.Popen(cmd, env={**env, "KERASTUNER_TUNER_ID": name},
+                                       stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        if name == "chief":
+            time.sleep(3)  # let the oracle's server start
+    for name, proc in procs.items():
+        proc.wait(timeout=900)
+        text = (tmp_path / f"{name}.log").read_text()
+        assert proc.returncode == 0, (name, text[-3000:])
+        assert "Traceback" not in text, (name, text[-3000:])
+    with open(workdir / "trials.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 2 and all("COMPLETED" in r["status"] for r in table)
+    assert list(table[0])[:3] == ["trial", "status", "score"]
+    assert (workdir / "best.flags").read_text().startswith("# best trial ")
+    ran = [(tmp_path / f"{w}.log").read_text() for w in ("tuner1", "tuner2")]
+    assert all("the chief writes" in text for text in ran)
+    assert sorted(os.listdir(workdir / "trials")) == sorted(r["trial"] for r in table)
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("max_trials", 0, r"tune.max_trials=0: must be a positive int"),
+    ("max_trials", -1, r"tune.max_trials=-1: must be a positive int"),
+    ("max_epochs", 0, r"tune.max_epochs=0: must be a positive int"),
+    ("seed", -2, r"tune.seed=-2: must be an int >= 0"),
+    ("weights", {"sa": -1.0}, r"tune.weights=\{'sa': -1.0\}: give"),
+])
+def test_bad_tune_settings_fail_before_the_workdir_is_claimed(tmp_path, pretrained, key, value,
+                                                              match):
+    config = _config()
+    config.tune[key] = value
+    with pytest.raises(cfg.ConfigError, match=match):
+        tune.search(pretrained, None, cfg.data_spec(config.dataset),
+                    cfg.train_spec(config.train), config.tune, str(tmp_path / "w"))
+    assert not os.path.exists(tmp_path / "w")

@@ -12,7 +12,8 @@ import sys
 from absl import app, flags
 
 import dwlt_tf  # noqa: F401
-from dwlt_tf import attacks, data, models, pipeline, pruning, pruning_wrapper, runtime, train
+from dwlt_tf import (attacks, cli, data, models, pipeline, pruning, pruning_wrapper, runtime,
+                     train)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Run directory.")
@@ -21,6 +22,7 @@ flags.DEFINE_integer("epochs", 2, "Epochs.")
 flags.DEFINE_integer("batch_size", 32, "Global batch size.")
 flags.DEFINE_float("data_rate", 0.15, "Training data rate.")
 flags.DEFINE_integer("checkpoint_every_steps", 2, "Step checkpoints.")
+flags.DEFINE_integer("eval_batch_size", 256, "Evaluation batch size.")
 flags.DEFINE_enum("strategy", "default", list(runtime.STRATEGIES), "Distribution strategy.")
 flags.DEFINE_integer("slow_ms", 0, "Sleep per step (gives a test time to kill us).")
 flags.DEFINE_bool("record_indices", False, "Write the training examples this process read "
@@ -80,8 +82,10 @@ def main(argv):
                            lr=0.05, milestones=(1,), attack=attacks.Attack(8 / 255, 2 / 255, 2)
                            if FLAGS.mode == "pgd" else None,
                            eval_attack=attacks.Attack(8 / 255, 2 / 255, 2),
-                           checkpoint_every_steps=FLAGS.checkpoint_every_steps, verbose=0)
-    result = train.fit(model_fn, splits, spec, FLAGS.workdir, strategy)
+                           checkpoint_every_steps=FLAGS.checkpoint_every_steps,
+                           eval_batch_size=FLAGS.eval_batch_size, verbose=0)
+    with cli.reported("train_worker"):  # as the trainers: SIGTERM stops gracefully
+        result = train.fit(model_fn, splits, spec, FLAGS.workdir, strategy)
     import numpy as np  # pylint: disable=import-outside-toplevel
     arrays = {f"w{i}": w for i, w in enumerate(result.model.get_weights())}
     arrays.update({f"mask/{n}": m for n, m in pruning_wrapper.get_masks(result.model).items()})
