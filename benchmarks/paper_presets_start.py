@@ -25,7 +25,6 @@ from absl import app, flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-sys.path.insert(0, os.path.join(REPO, "tests"))
 import imagenet_like  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -38,8 +37,18 @@ flags.DEFINE_string("preset", None, "Internal: the preset to run in this process
 PRESETS = ("imp:imagenet_adv", "transfer:adv_cifar10", "transfer:std_cifar10")
 
 
+def load_config(family, variant):
+    """configs/<family>.py's get_config(variant): the trainers' own presets (configs are
+    files, not a package; loaded by path as --config does)."""
+    import importlib.util  # pylint: disable=import-outside-toplevel
+    spec = importlib.util.spec_from_file_location(
+        f"_config_{family}", os.path.join(REPO, "configs", f"{family}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(variant)
+
+
 def _run(preset):
-    from conftest import load_config  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     from dwlt_tf import config as cfg  # pylint: disable=import-outside-toplevel
     from dwlt_tf import (data, models, pipeline, pruning, pruning_wrapper,  # noqa

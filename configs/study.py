@@ -88,10 +88,13 @@ def _paper():
     config.imp = imp_config.imp
     config.imp.rounds = 11
     config.imp.train = imp_config.train
+    del config.imp.train["mode"]  # per pre-training: pretrainings.<name>.imp_mode
     config.tickets = (6, 7, 8, 10, 11)
+    downstream = _transfer.dataset()
+    del downstream["name"], downstream["data_rate"]  # from `datasets` and `data_rates`
     config.downstream = ml_collections.ConfigDict(dict(
         datasets=("cifar10", "cifar100", "svhn"), data_rates=(1.0, 0.1, 0.01),
-        dataset=_transfer.dataset()))
+        dataset=downstream))
     config.transfer = ml_collections.ConfigDict({
         "standard": _transfer.standard_train(),
         "adversarial": _transfer.adversarial_train("cifar10"),
@@ -106,6 +109,15 @@ def _paper():
     config.audit = ml_collections.ConfigDict(dict(
         enabled=True, eps=ml_collections.config_dict.placeholder(float), apgd_steps=100,
         square_queries=5000, examples=0, seed=0, batch_size=256))
+    # Cells are computed under leases (any number of processes share a workdir): a holder
+    # refreshes its lease every heartbeat; one silent for stale_seconds is taken over.
+    config.leases = ml_collections.ConfigDict(dict(heartbeat_seconds=30.0, stale_seconds=300.0))
+    # --launcher=submitit: one job per cell (dwlt_tf/launcher.py); slurm: extra sbatch
+    # parameters (e.g. {"account": "my-lab", "constraint": "a100"}).
+    config.launcher = ml_collections.ConfigDict(dict(
+        cluster="auto", partition="", gpus_per_cell=1, cpus_per_cell=8, mem_gb=64,
+        timeout_min=24 * 60, max_parallel=8, folder="", nodes=1, tasks_per_node=1,
+        retries=3, wait=False, slurm={}))
     return config
 
 
@@ -152,6 +164,8 @@ def _miniature(epochs, imp_epochs, pretrain_epochs, rounds, eval_steps, train_st
     config.seeds = (1,)
     config.pruning.rounds = (rounds,)  # baselines at the sparsest ticket only
     config.audit.update(dict(enabled=False, square_queries=1000, batch_size=250))
+    config.launcher.update(dict(gpus_per_cell=0, cpus_per_cell=2, mem_gb=4, timeout_min=60,
+                                max_parallel=2))
     return config
 
 

@@ -33,6 +33,7 @@ updates its running statistics at every attack iteration; evaluation attacks run
 True, evaluation False). No other state changes: weights, pruning masks and TF-MOT's
 pruning step are untouched.
 """
+import contextlib
 import dataclasses
 import weakref
 
@@ -43,7 +44,7 @@ import tensorflow as tf
 import tf_keras
 from cleverhans.tf2.utils import clip_eta, compute_gradient, optimize_linear
 
-from dwlt_tf import pruning_wrapper, runtime
+from dwlt_tf import checks, runtime
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,16 +56,15 @@ class Attack:
     random_start: bool = True
 
     def __post_init__(self):
-        validate(self.eps, self.step_size, self.steps)
+        validate(self.eps, self.step_size, self.steps, self.random_start)
 
 
-def validate(eps, step_size, steps):
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 <= eps <= 1.0:
-        raise ValueError(f"eps must be a float in [0, 1] (pixel units), got {eps!r}")
-    if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or step_size <= 0:
-        raise ValueError(f"step_size must be a positive float, got {step_size!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+def validate(eps, step_size, steps, random_start=True):
+    """Raises errors.ConfigError ("attack.eps=8: ...") for a budget that cannot be used."""
+    checks.number("attack.eps", eps, 0.0, 1.0)  # pixel units, as the models' inputs
+    checks.number("attack.step_size", step_size, 0.0, low_open=True)
+    checks.positive_int("attack.steps", steps)
+    checks.boolean("attack.random_start", random_start)
 
 
 # The reference's settings (Double-Win-LTH main_adv*.py), eps and steps in [0, 1] units.
@@ -144,15 +144,21 @@ def _pgd(model_fn, images, labels, eps, step_size, steps, random_start, noise,
 
 
 def _attack(model, images, labels, eps, step_size, steps, random_start, noise, training,
-            scale_loss):
+            scale_loss, snapshot):
     if scale_loss is None:
         scale_loss = computes_in_float16(model)
     loss_fn = (scaled_cross_entropy(per_example=not training) if scale_loss
                else tf.nn.sparse_softmax_cross_entropy_with_logits)
-    # The weights do not change during the attack: mask (and cast) the kernels once.
-    with pruning_wrapper.kernel_snapshot(model):
+    # The weights do not change during the attack: the engine's `snapshot` (e.g.
+    # `pruning_wrapper.kernel_snapshot`) prepares them once for every iteration.
+    with (snapshot or _no_snapshot)(model):
         return _pgd(lambda x: model(x, training=training), images, labels, eps, step_size,
                     steps, random_start, noise, loss_fn)
+
+
+def _no_snapshot(model):
+    del model
+    return contextlib.nullcontext()
 
 
 # Eager callers get one compiled attack per (model, settings): CleverHans's
@@ -168,11 +174,11 @@ def _compiled(model, *settings, with_noise, jit_compile):
     key = (settings, with_noise, jit_compile)
     if key not in per_model:
         model_ref = weakref.ref(model)
-        eps, step_size, steps, random_start, training, scale_loss = settings
+        eps, step_size, steps, random_start, training, scale_loss, snapshot = settings
 
         def attack(x, y, n=None):
             return _attack(model_ref(), x, y, eps, step_size, steps, random_start, n,
-                           training, scale_loss)
+                           training, scale_loss, snapshot)
         spec = tf.TensorSpec([None, None, None, 3], tf.float32)
         label_spec = tf.TensorSpec([None], tf.int64)
         signature = [spec, label_spec] + ([spec] if with_noise else [])
@@ -182,7 +188,7 @@ def _compiled(model, *settings, with_noise, jit_compile):
 
 
 def pgd_attack(model, images, labels, eps, step_size, steps, random_start=True,
-               noise=None, training=False, scale_loss=None):
+               noise=None, training=False, scale_loss=None, snapshot=None):
     """L-inf PGD adversarial examples (NHWC float32 in [0, 1]).
 
     Args:
@@ -197,12 +203,15 @@ def pgd_attack(model, images, labels, eps, step_size, steps, random_start=True,
         statistic updates, as the reference's training-time attacks).
       scale_loss: scale the loss by powers of two so float16 input gradients cannot
         underflow (`scaled_cross_entropy`); None: when the model computes in float16.
+      snapshot: `snapshot(model)` -> a context within which the model runs on weights
+        prepared once for the whole attack (the engine passes
+        `pruning_wrapper.kernel_snapshot`: masked kernels computed once); None: none.
     """
     validate(eps, step_size, steps)
     labels = tf.cast(labels, tf.int64)
     if tf.executing_eagerly():
         settings = (float(eps), float(step_size), int(steps), bool(random_start),
-                    bool(training), scale_loss)
+                    bool(training), scale_loss, snapshot)
         fn = _compiled(model, *settings, with_noise=noise is not None,
                        jit_compile=runtime.jit_compile())
         args = [tf.convert_to_tensor(images, tf.float32), labels]
@@ -210,10 +219,11 @@ def pgd_attack(model, images, labels, eps, step_size, steps, random_start=True,
             args.append(tf.convert_to_tensor(noise, tf.float32))
         return fn(*args)
     return _attack(model, images, labels, eps, step_size, steps, random_start, noise,
-                   training, scale_loss)
+                   training, scale_loss, snapshot)
 
 
-def attack_batch(model, attack: Attack, images, labels, noise=None, training=False):
+def attack_batch(model, attack: Attack, images, labels, noise=None, training=False,
+                 scale_loss=None, snapshot=None):
     """`pgd_attack` with an `Attack` (preset) instead of separate numbers."""
     return pgd_attack(model, images, labels, attack.eps, attack.step_size, attack.steps,
-                      attack.random_start, noise, training)
+                      attack.random_start, noise, training, scale_loss, snapshot)

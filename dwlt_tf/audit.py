@@ -26,7 +26,7 @@ import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import tensorflow as tf
 import tf_keras
 
-from dwlt_tf import attacks, errors, folding, identity, pipeline
+from dwlt_tf import attacks, checks, errors, folding, identity, pipeline, runs
 
 ATTACKS = ("pgd", "apgd_ce", "apgd_dlr", "square")
 WHITE_BOX = ("pgd", "apgd_ce", "apgd_dlr")
@@ -50,16 +50,12 @@ class AuditSpec:
     batch_size: int = identity.neutral(250)
 
     def __post_init__(self):
-        if self.eps is not None and (isinstance(self.eps, bool) or not isinstance(
-                self.eps, (int, float)) or not 0.0 <= self.eps <= 1.0):
-            raise errors.ConfigError(f"audit.eps={self.eps!r}: must be in [0, 1] (pixel units)")
+        if self.eps is not None:
+            checks.number("audit.eps", self.eps, 0.0, 1.0)  # pixel units
         for key in ("apgd_steps", "square_queries", "batch_size"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise errors.ConfigError(f"audit.{key}={value!r}: must be a positive int")
-        if isinstance(self.examples, bool) or not isinstance(self.examples, int) \
-                or self.examples < 0:
-            raise errors.ConfigError(f"audit.examples={self.examples!r}: must be an int >= 0")
+            checks.positive_int(f"audit.{key}", getattr(self, key))
+        checks.non_negative_int("audit.examples", self.examples)
+        checks.seed("audit.seed", self.seed)
 
 
 @dataclasses.dataclass
@@ -91,9 +87,10 @@ def require_art():
     return evasion, classification
 
 
-def saved_model_logits(path):
-    """A callable model(x, training=False) -> logits over an exported SavedModel."""
-    serve = tf.saved_model.load(path).signatures["serving_default"]
+def saved_model_logits(loaded):
+    """A callable model(x, training=False) -> logits over a loaded exported SavedModel
+    (`export.open_export`)."""
+    serve = loaded.signatures["serving_default"]
 
     def model(images, training=False):
         del training  # a SavedModel serves in inference mode
@@ -214,6 +211,21 @@ class _KerasCall:
 
     def __call__(self, x, training=False):
         return self.model(x, training=training)
+
+
+def audit_run(run, splits, split, spec: AuditSpec, model=None):
+    """The audit of a finished transfer run (`runs.open_run`): its best-RA checkpoint, or
+    `model` (e.g. its exported SavedModel, `saved_model_logits`), attacked on `split` with
+    the run's own evaluation PGD as the reference attack."""
+    attack = run.result.eval_attack
+    if not attack:
+        raise errors.ConfigError(f"run {run.path!r} measured no RA (no evaluation attack)")
+    pgd = attacks.Attack(attack["eps"], attack["step_size"], attack["steps"],
+                         attack["random_start"])
+    if model is None:
+        model, _, _ = runs.load_best(run, "ra", splits)
+    return audit_split(model, splits, split, spec, pgd,
+                       noise_seed=run.identity["train"].get("seed", 1))
 
 
 def audit_split(model, splits, split, spec: AuditSpec, pgd: attacks.Attack, noise_seed=1):

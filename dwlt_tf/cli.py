@@ -21,7 +21,7 @@ from absl import logging as absl_logging
 import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 
 from dwlt_tf import config as cfg
-from dwlt_tf import errors, files, preemption, runtime
+from dwlt_tf import checks, errors, files, preemption, runtime
 
 # Errors that mean "bad input": reported without a traceback.
 USER_ERRORS = (errors.UserError,)
@@ -104,6 +104,62 @@ def define_weights_flags(ticket_help=None):
         flags.DEFINE_string("ticket", None, ticket_help)
 
 
+def _expand(path):
+    return os.path.abspath(os.path.expandvars(os.path.expanduser(path)))
+
+
+def _creatable(flag, path):
+    """Raises ConfigError unless `path` could be created: its nearest existing ancestor
+    is a folder this process can write in."""
+    parent = os.path.dirname(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise errors.ConfigError(f"--{flag}={path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK):
+        raise errors.ConfigError(f"--{flag}={path}: cannot create it, {parent} is not "
+                                 "writable (read-only filesystem or no permission)")
+
+
+def new_output(flag, path):
+    """A file or folder the binary creates and never overwrites, checked before any work."""
+    path = _expand(path)
+    if os.path.lexists(path):
+        raise errors.OutputExistsError(f"--{flag}={path}: already exists; outputs are never "
+                                       "overwritten, choose a new path")
+    _creatable(flag, path)
+    return path
+
+
+def output_dir(flag, path, writable=False):
+    """A folder that may exist (a workdir to resume, an export base); with `writable`, one
+    the binary will write in whatever it holds. Checked before any work."""
+    path = _expand(path)
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise errors.ConfigError(f"--{flag}={path}: is a file, not a folder")
+        if writable and not os.access(path, os.W_OK):
+            raise errors.ConfigError(f"--{flag}={path}: not writable (read-only filesystem "
+                                     "or no permission)")
+    else:
+        _creatable(flag, path)
+    return path
+
+
+def output_file(flag, path):
+    """A file the binary (re)writes, checked before any work."""
+    path = _expand(path)
+    if os.path.isdir(path):
+        raise errors.ConfigError(f"--{flag}={path}: is a folder, not a file")
+    if os.path.exists(path):
+        if not os.access(path, os.W_OK) or not os.access(os.path.dirname(path), os.W_OK):
+            raise errors.ConfigError(f"--{flag}={path}: not writable (read-only filesystem "
+                                     "or no permission)")
+    else:
+        _creatable(flag, path)
+    return path
+
+
 def float_triple(name, values):
     """A flag list of 3 floats (e.g. --mean=0.485,0.456,0.406), None when not given."""
     if not values:
@@ -120,11 +176,9 @@ def float_triple(name, values):
 
 def seeds(config):
     """The config's `seeds` list (empty: one run with train.seed), validated."""
-    values = list(config.get("seeds") or ())
-    if len(set(values)) != len(values) or any(
-            isinstance(s, bool) or not isinstance(s, int) for s in values):
-        raise errors.ConfigError(f"seeds={tuple(values)!r}: give distinct int seeds")
-    return values
+    values = config.get("seeds") or ()
+    checks.int_tuple("seeds", values, low=0, distinct=True)
+    return [checks.seed("seeds", s) for s in values]
 
 
 def training_config(config, data_dir, sections):
@@ -167,12 +221,10 @@ def setup(config):
     section = cfg.to_dict(config.get("runtime", {})) or {}
     cfg.check_keys(section, ("strategy", "intra_op_threads", "inter_op_threads",
                              "deterministic", "jit_compile"), "runtime")
-    try:
-        runtime.configure(section.get("intra_op_threads", 0), section.get("inter_op_threads", 1),
-                          section.get("deterministic", False), section.get("jit_compile", False))
-        return runtime.strategy(section.get("strategy", "auto"))
-    except ValueError as e:
-        raise cfg.ConfigError(f"runtime: {e}") from None
+    checks.choice("runtime.strategy", section.get("strategy", "auto"), runtime.STRATEGIES)
+    runtime.configure(section.get("intra_op_threads", 0), section.get("inter_op_threads", 1),
+                      section.get("deterministic", False), section.get("jit_compile", False))
+    return runtime.strategy(section.get("strategy", "auto"))
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ from typing import Optional
 
 import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 
-from dwlt_tf import attacks, data, imp, models, train
+from dwlt_tf import attacks, checks, data, imp, models, train
 from dwlt_tf.errors import ConfigError  # noqa: F401  (re-exported: config.ConfigError)
 
 
@@ -22,13 +22,10 @@ class ModelSpec:
     sync_batchnorm: bool = False
 
     def __post_init__(self):
-        if self.arch not in models.ARCHS:
-            raise ConfigError(f"model.arch={self.arch!r}: choose one of {sorted(models.ARCHS)}")
-        if self.stem not in models.STEMS:
-            raise ConfigError(f"model.stem={self.stem!r}: choose one of {list(models.STEMS)}")
-        if isinstance(self.base_width, bool) or not isinstance(self.base_width, int) \
-                or self.base_width < 1:
-            raise ConfigError(f"model.base_width={self.base_width!r}: must be a positive int")
+        checks.choice("model.arch", self.arch, sorted(models.ARCHS))
+        checks.choice("model.stem", self.stem, models.STEMS)
+        checks.positive_int("model.base_width", self.base_width)
+        checks.boolean("model.sync_batchnorm", self.sync_batchnorm)
 
     def build(self, num_classes, mean, std):
         return models.build_resnet(self.arch, num_classes, self.stem, mean, std,
@@ -56,37 +53,32 @@ def _fields(cls, values, where, rename=None):
     return {rename.get(k, k): v for k, v in values.items()}
 
 
-def _wrap(where, fn, *args, **kwargs):
-    """Calls a spec constructor, prefixing its ValueError with the config section."""
+def _build(cls, values, where, prefix):
+    """`cls(**values)`, its errors renamed from the spec's own `prefix` ("train.lr=...") to
+    the config section's `where` ("transfer.standard.lr=...")."""
+    kwargs = _fields(cls, values, where)
     try:
-        return fn(*args, **kwargs)
-    except ConfigError:
-        raise
-    except (ValueError, TypeError) as e:
+        return cls(**kwargs)
+    except ConfigError as e:
         text = str(e)
-        if not text.startswith(where):
+        if text.startswith(prefix):
+            text = where + text[len(prefix):]
+        elif not text.startswith(where):
             text = f"{where}: {text}"
         raise ConfigError(text) from None
+    except TypeError as e:  # a required field missing
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def model_spec(section) -> ModelSpec:
-    values = to_dict(section)
-    return _wrap("model", ModelSpec, **_fields(ModelSpec, values, "model"))
+    return _build(ModelSpec, to_dict(section), "model", "model")
 
 
 def data_spec(section, where="dataset") -> data.DataSpec:
-    values = to_dict(section)
-    values = {k: v for k, v in values.items()}
-    if values.get("classes") is not None:
+    values = dict(to_dict(section))
+    if isinstance(values.get("classes"), list):
         values["classes"] = tuple(values["classes"])
-    for key in ("data_dir", "path", "stats"):
-        if values.get(key) == "":
-            values[key] = None
-    kwargs = _fields(data.DataSpec, values, where)
-    try:
-        return data.DataSpec(**kwargs)
-    except ValueError as e:
-        raise ConfigError(f"{where}: {e}") from None
+    return _build(data.DataSpec, values, where, "dataset")
 
 
 def attack_spec(section, where) -> Optional[attacks.Attack]:
@@ -95,9 +87,14 @@ def attack_spec(section, where) -> Optional[attacks.Attack]:
     if not values:
         return None
     if isinstance(values, str):
-        return _wrap(where, attacks.preset, values)
-    kwargs = _fields(attacks.Attack, values, where)
-    return _wrap(where, attacks.Attack, **kwargs)
+        try:
+            return attacks.preset(values)
+        except ValueError as e:
+            raise ConfigError(f"{where}={values!r}: {e}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}={values!r}: give {{eps, step_size, steps}} or a preset "
+                          f"name ({sorted(attacks.PRESETS)})")
+    return _build(attacks.Attack, values, where, "attack")
 
 
 def train_spec(section, where="train") -> train.TrainSpec:
@@ -106,25 +103,14 @@ def train_spec(section, where="train") -> train.TrainSpec:
         values["attack"] = attack_spec(values["attack"], f"{where}.attack")
     if "eval_attack" in values:
         values["eval_attack"] = attack_spec(values["eval_attack"], f"{where}.eval_attack")
-    if "milestones" in values:
-        values["milestones"] = tuple(values["milestones"] or ())
-    kwargs = _fields(train.TrainSpec, values, where)
-    if kwargs.get("mode") == "standard":
-        kwargs["attack"] = None  # the attack section only matters to adversarial modes
-    try:
-        return train.TrainSpec(**kwargs)
-    except ValueError as e:
-        text = str(e).replace("train.", f"{where}.", 1)
-        raise ConfigError(text) from None
+    if values.get("mode") == "standard":
+        values["attack"] = None  # the attack section only matters to adversarial modes
+    return _build(train.TrainSpec, values, where, "train")
 
 
 def imp_spec(section, where="imp") -> imp.ImpSpec:
     values = {k: v for k, v in to_dict(section).items() if k != "train"}
-    kwargs = _fields(imp.ImpSpec, values, where)
-    try:
-        return imp.ImpSpec(**kwargs)
-    except ValueError as e:
-        raise ConfigError(str(e).replace("imp.", f"{where}.", 1)) from None
+    return _build(imp.ImpSpec, values, where, "imp")
 
 
 def check_keys(section, allowed, where):

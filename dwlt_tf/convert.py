@@ -337,14 +337,32 @@ def save_converted(output_dir, converted: Converted):
     return os.path.abspath(output_dir)
 
 
+_META_KEYS = ("arch", "stem", "base_width", "num_classes", "mean", "std", "source_sha256")
+
+
 def load_meta(output_dir) -> dict:
     """The JSON sidecar of converted weights (format, arch, normalization, sha256, ...)."""
     meta_path = os.path.join(output_dir, META_FILE)
-    if not os.path.isfile(meta_path):
+    if os.path.isfile(output_dir):
         raise CheckpointError(
-            f"{output_dir!r} holds no converted weights ({META_FILE} missing); create it "
+            f"{output_dir!r} is a file; converted weights are a directory (made by "
+            "trainers/convert_weights.py; a PyTorch file is converted with --checkpoint)")
+    if not os.path.isfile(meta_path):
+        where = "no such directory" if not os.path.exists(output_dir) else \
+            f"{META_FILE} missing"
+        raise CheckpointError(
+            f"{output_dir!r} holds no converted weights ({where}); create it "
             "with trainers/convert_weights.py --checkpoint=<file.pth> --output=<dir>")
-    return files.read_json(meta_path)
+    try:
+        meta = files.read_json(meta_path)
+    except (ValueError, UnicodeDecodeError):
+        raise CheckpointError(f"{meta_path!r} is damaged (not JSON): convert the weights "
+                              "again") from None
+    missing = [k for k in _META_KEYS if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise CheckpointError(f"{meta_path!r} lacks {missing}: not converted weights of "
+                              "this dwlt_tf; convert them again")
+    return meta
 
 
 def weights_sha256(model) -> str:
@@ -370,7 +388,13 @@ def load_converted(output_dir) -> Converted:
     model = models.build_resnet(meta["arch"], num_classes=meta["num_classes"],
                                 stem=meta["stem"], mean=meta["mean"], std=meta["std"],
                                 base_width=meta["base_width"])
-    model.load_weights(os.path.join(output_dir, WEIGHTS_FILE))
+    path = os.path.join(output_dir, WEIGHTS_FILE)
+    try:
+        model.load_weights(path)
+    except (OSError, ValueError) as e:  # h5py: missing/truncated file; Keras: shapes
+        first = next((line for line in str(e).splitlines() if line.strip()), "")
+        raise CheckpointError(f"cannot load {path!r} ({first[:160]}): the converted weights "
+                              "are missing or damaged; convert them again") from None
     masks = {}
     if tickets.is_ticket(os.path.join(output_dir, "ticket")):
         masks, _ = tickets.load(os.path.join(output_dir, "ticket"))

@@ -60,7 +60,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core.download import download_manager
 
-from dwlt_tf import errors, identity, preprocess
+from dwlt_tf import checks, errors, identity, preprocess
+from dwlt_tf.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -164,32 +165,42 @@ class DataSpec:
     download: bool = identity.neutral(False)
 
     def __post_init__(self):
+        checks.choice("dataset.name", self.name, sorted(DATASETS))
         for key in ("data_dir", "path"):  # "~/tensorflow_datasets", "$DATA/imagenet"
-            value = getattr(self, key)
+            value = checks.optional_str(f"dataset.{key}", getattr(self, key))
             if value:
-                object.__setattr__(self, key, os.path.expandvars(os.path.expanduser(value)))
-        if self.name not in DATASETS:
-            raise ValueError(f"Unknown dataset {self.name!r}; choose one of {sorted(DATASETS)}")
-        if not 0.0 < self.data_rate <= 1.0:
-            raise ValueError(f"data_rate must be in (0, 1], got {self.data_rate!r}")
-        if self.augment not in AUGMENTATIONS:
-            raise ValueError(f"Unknown augment {self.augment!r}; choose one of {AUGMENTATIONS}")
-        if not isinstance(self.image_size, int) or self.image_size < 32:
-            raise ValueError(f"image_size must be an int >= 32, got {self.image_size!r}")
-        if self.stats is not None and self.stats not in STATS:
-            raise ValueError(f"Unknown stats {self.stats!r}; choose one of {sorted(STATS)}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
+                value = os.path.expandvars(os.path.expanduser(value))
+            object.__setattr__(self, key, value)
+        checks.number("dataset.data_rate", self.data_rate, 0.0, 1.0, low_open=True)
+        checks.choice("dataset.augment", self.augment, AUGMENTATIONS)
+        checks.integer("dataset.image_size", self.image_size, 32)
+        stats = checks.optional_str("dataset.stats", self.stats)
+        if stats is not None:
+            checks.choice("dataset.stats", stats, sorted(STATS))
+        object.__setattr__(self, "stats", stats)
+        checks.number("dataset.val_fraction", self.val_fraction, 0.0, 1.0, low_open=True,
+                      high_open=True)
+        checks.boolean("dataset.download", self.download)
         if self.name == "imagefolder":
             if not self.path:
-                raise ValueError("dataset 'imagefolder' needs `path` (the folder holding "
-                                 "train/ and test/ class folders)")
-        elif not self.data_dir:
-            raise ValueError(f"dataset {self.name!r} needs `data_dir` (the TFDS data directory)")
+                raise ConfigError("dataset.path: dataset 'imagefolder' needs `path` (the "
+                                  "folder holding train/ and test/ class folders)")
+            if self.data_dir:
+                checks.fail("dataset.data_dir", self.data_dir, "an ImageFolder dataset is "
+                            "read from `path`; data_dir is for TFDS datasets")
+        else:
+            if not self.data_dir:
+                raise ConfigError(f"dataset.data_dir: dataset {self.name!r} needs `data_dir` "
+                                  "(the TFDS data directory)")
+            if self.path:
+                checks.fail("dataset.path", self.path, f"TFDS dataset {self.name!r} is read "
+                            "from data_dir; path is for ImageFolder datasets")
         if self.classes is not None:
-            object.__setattr__(self, "classes", tuple(int(c) for c in self.classes))
-            if len(set(self.classes)) != len(self.classes) or not self.classes:
-                raise ValueError(f"classes must be distinct class indices, got {self.classes}")
+            classes = checks.int_tuple("dataset.classes", self.classes, low=0, distinct=True)
+            if not classes:
+                checks.fail("dataset.classes", self.classes, "give class indices, or None "
+                            "for every class")
+            object.__setattr__(self, "classes", classes)
 
     @property
     def label(self):
@@ -403,20 +414,22 @@ def _manual_files(builder, layout):
 
 
 def _missing_data_message(builder, spec, files):
-    listing = "\n".join(f"  {name} ({about})" for name, about in files)
+    # One line: the trainers print it as `<binary>: error: <message>`.
+    listing = "; ".join(f"{name} ({about})" for name, about in files)
     return (
         f"Dataset {spec.name!r} (TFDS {builder.name!r}) is not prepared in data_dir "
-        f"{spec.data_dir!r}, and downloading was not requested.\n"
-        f"To prepare it offline, place the original archive(s) in {_manual_dir(spec)}:\n"
-        f"{listing}\n"
-        "TFDS checks each downloadable file's size and sha256, then builds the dataset "
-        "without network access (README: 'Preparing data'). Alternatively pass "
-        "download=True (flag --config.dataset.download=True) to let TFDS download it.")
+        f"{spec.data_dir!r} and downloading was not requested: to prepare it offline, place "
+        f"{listing} in {_manual_dir(spec)} (TFDS checks sizes and sha256s, then builds it "
+        "without network access; README 'Preparing data'), or set dataset.download=True "
+        "to let TFDS download it")
 
 
 def _tfds_builder(spec):
     """The TFDS builder of `spec`, prepared (as ArrayRecord) from manual files if needed."""
     layout = DATASETS[spec.name]
+    if os.path.exists(spec.data_dir) and not os.path.isdir(spec.data_dir):
+        raise DatasetNotFoundError(f"data_dir {spec.data_dir!r} is a file, not the TFDS data "
+                                   "folder")
     builder = tfds.builder(layout.tfds_name, data_dir=spec.data_dir)
     if builder.is_prepared():  # (in whichever format: `_Records` checks it can read it)
         return builder
@@ -434,8 +447,9 @@ def _tfds_builder(spec):
     except download_manager.NonMatchingChecksumError as e:
         raise DatasetError(
             f"An archive in {_manual_dir(spec)} for {spec.name!r} does not match the size and "
-            f"sha256 TFDS expects (a partial download or another version?):\n{e}\n"
-            f"Expected:\n" + "\n".join(f"  {name} ({about})" for name, about in files)) from None
+            "sha256 TFDS expects (a partial download or another version?): "
+            f"{' '.join(str(e).split())[:300]}; expected: "
+            + "; ".join(f"{name} ({about})" for name, about in files)) from None
     return builder
 
 
@@ -551,8 +565,8 @@ def _labels(table):
 def _select_classes(splits, classes):
     bad = [c for c in classes if not 0 <= c < splits.num_classes]
     if bad:
-        raise errors.ConfigError(f"classes {bad} out of range for the {splits.num_classes} "
-                                 f"classes of {splits.spec.label!r}")
+        checks.fail("dataset.classes", tuple(classes), f"classes {bad} out of range for the "
+                    f"{splits.num_classes} classes of {splits.spec.label!r}")
     relabel = tuple(classes.index(c) if c in classes else -1 for c in range(splits.num_classes))
 
     def select(split):

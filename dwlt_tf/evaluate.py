@@ -14,7 +14,7 @@ from typing import Optional
 import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import tensorflow as tf
 
-from dwlt_tf import attacks, data, folding, pipeline, preemption, runtime
+from dwlt_tf import attacks, data, folding, pipeline, preemption, pruning_wrapper, runtime
 
 
 @dataclasses.dataclass
@@ -55,7 +55,8 @@ class Evaluator:
         robust = tf.constant(0.0)
         if self.attack is not None:
             adv = attacks.attack_batch(model, self.attack, images, labels,
-                                       noise=batch.get("noise"), training=False)
+                                       noise=batch.get("noise"), training=False,
+                                       snapshot=pruning_wrapper.kernel_snapshot)
             adv_logits = model(adv, training=False)
             robust = tf.reduce_sum(
                 tf.cast(tf.equal(tf.argmax(adv_logits, 1), labels), tf.float32))

@@ -29,13 +29,18 @@ import numpy as np
 import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import tensorflow as tf
 
-from dwlt_tf import errors, files, pipeline, preprocess, pruning_wrapper, tickets, transfer
+from dwlt_tf import (checks, errors, files, pipeline, preprocess, pruning_wrapper, runs,
+                     tickets)
 
 TICKET_ASSET = "ticket.json"
 
 
 class ExportError(RuntimeError):
     """The export failed a check; nothing was written under the version's name."""
+
+
+class ExportNotFoundError(errors.UserError, FileNotFoundError):
+    """A path that is not a complete export version (`<export_dir>/<version>`)."""
 
 
 def _preprocess_encoded(image_bytes, size, augment):
@@ -125,13 +130,7 @@ def export(model, export_dir, version, meta, image_size, augment="cifar", sample
         check its outputs against the SavedModel's.
     Returns the dict of measured sizes and checks (also stored in ticket.json).
     """
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise errors.ConfigError(f"version must be a positive int, got {version!r}")
-    target = os.path.join(os.path.abspath(export_dir), str(version))
-    if os.path.exists(target):
-        raise errors.OutputExistsError(
-            f"Export version {target!r} already exists; versions are never overwritten "
-            f"(choose --version; the next free one is {next_version(export_dir)})")
+    target = check_version_free(export_dir, version)
     plain = pruning_wrapper.strip(model) if pruning_wrapper.wrappers(model) else model
     expected = conv_kernel_sparsity(plain.weights)
     num_classes = int(plain.output_shape[-1])
@@ -201,6 +200,17 @@ def _tflite(serving, saved_dir, sample, reference):
             "check_tflite_max_abs_logit_delta": delta}
 
 
+def check_version_free(export_dir, version):
+    """`<export_dir>/<version>`, after checking the version is a positive int not taken."""
+    checks.positive_int("version", version)
+    target = os.path.join(os.path.abspath(export_dir), str(version))
+    if os.path.lexists(target):
+        raise errors.OutputExistsError(
+            f"Export version {target!r} already exists; versions are never overwritten "
+            f"(choose --version; the next free one is {next_version(export_dir)})")
+    return target
+
+
 def next_version(export_dir):
     """The smallest version number above every existing one (1 for a new directory)."""
     export_dir = os.path.abspath(export_dir)
@@ -222,6 +232,32 @@ def find_version(export_dir, run_key, checkpoint):
     return None
 
 
+def open_export(path):
+    """(ticket.json as a dict, the loaded SavedModel) of the export version at `path`.
+
+    Raises ExportNotFoundError, naming the path and what is wrong, for anything that is
+    not a complete export (missing, a file, no ticket.json, a damaged saved_model.pb or
+    variables/).
+    """
+    path = os.path.abspath(path)
+    asset = os.path.join(path, "assets", TICKET_ASSET)
+    if not os.path.isfile(asset):
+        what = ("no such directory" if not os.path.exists(path) else "a file" if
+                os.path.isfile(path) else f"no assets/{TICKET_ASSET}")
+        raise ExportNotFoundError(f"{path!r} is not an export version directory ({what}; "
+                                  "exports are <export_dir>/<version>/ written by "
+                                  "trainers/export.py or a study)")
+    try:
+        info = files.read_json(asset)
+        loaded = tf.saved_model.load(path)
+        loaded.signatures["serving_default"]  # pylint: disable=pointless-statement
+    except (OSError, ValueError, KeyError, tf.errors.OpError) as e:
+        first = next((line for line in str(e).splitlines() if line.strip()), "")
+        raise ExportNotFoundError(f"export {path!r} is damaged ({first[:160]}); export it "
+                                  "again") from None
+    return info, loaded
+
+
 def exported_info(export_dir, version):
     """The ticket.json of `<export_dir>/<version>`, or None when there is no such export."""
     path = os.path.join(os.path.abspath(export_dir), str(version), "assets", TICKET_ASSET)
@@ -237,7 +273,7 @@ def add_audit(target, result: dict):
     files.update_json(path, info)  # unchanged (a re-run): nothing written
 
 
-def export_run(run: transfer.FinishedRun, export_dir, version, which="ra", tflite=False,
+def export_run(run: runs.FinishedRun, export_dir, version, which="ra", tflite=False,
                extra=None, splits=None, log=print):
     """Exports a finished transfer run's best-SA ("sa") or best-RA ("ra") checkpoint.
 
@@ -248,7 +284,7 @@ def export_run(run: transfer.FinishedRun, export_dir, version, which="ra", tflit
     if splits is None:
         raise ValueError("export_run needs the downstream splits (for the head size, "
                          "normalization and a parity batch)")
-    model, provenance, masks = transfer.load_best(run, which, splits)
+    model, provenance, masks = runs.load_best(run, which, splits)
     sample = next(iter(pipeline.eval_batches(splits, "test", 8)))["image"].numpy()
     chosen = run.result.best(which)
     other = run.result.best("sa" if which == "ra" else "ra")

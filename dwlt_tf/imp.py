@@ -25,9 +25,10 @@ import os
 from typing import Callable, List, Optional
 
 import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+import tensorflow as tf
 import tf_keras
 
-from dwlt_tf import identity, pruning, pruning_wrapper, tickets, train
+from dwlt_tf import checks, identity, pruning, pruning_wrapper, runtime, tickets, train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,11 +40,11 @@ class ImpSpec:
     prunable: tuple = ("conv",)      # the reference prunes every Conv2d, fc stays dense
 
     def __post_init__(self):
-        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
-            raise ValueError(f"imp.rounds={self.rounds!r}: must be a positive int")
-        if not 0.0 < self.fraction < 1.0:
-            raise ValueError(f"imp.fraction={self.fraction!r}: must be in (0, 1)")
-        object.__setattr__(self, "prunable", tuple(self.prunable))
+        checks.positive_int("imp.rounds", self.rounds)
+        checks.number("imp.fraction", self.fraction, 0.0, 1.0, low_open=True, high_open=True)
+        object.__setattr__(self, "prunable", checks.str_tuple(
+            "imp.prunable", self.prunable, tuple(pruning_wrapper.PRUNABLE_TYPES),
+            nonempty=True))
 
 
 def ticket_dir(workdir, k):
@@ -81,31 +82,41 @@ def run(pretrained_fn: Callable[[], tf_keras.Model], splits, train_spec: train.T
         (`convert.weights_identity`).
       overwrite: move a run of another identity in `workdir` aside instead of refusing.
     """
-    identity.claim(workdir, run_identity(train_spec, imp_spec, splits.identity, pretrained),
-                   overwrite, "IMP run")
+    # Several workers (MultiWorkerMirroredStrategy) train every round together; the
+    # chief writes the tickets, the others keep the masks they computed (the same ones).
+    chief = runtime.is_chief(strategy or tf.distribute.get_strategy())
+    if chief:
+        identity.claim(workdir, run_identity(train_spec, imp_spec, splits.identity,
+                                             pretrained), overwrite, "IMP run")
     meta = dict(meta or {})
     paths = [ticket_dir(workdir, k) for k in range(1, imp_spec.rounds + 1)]
+    masks = None  # the masks the next round starts from, when computed in this call
     if not tickets.is_ticket(paths[0]):
         theta0 = pruning_wrapper.wrap(pretrained_fn(), prunable=imp_spec.prunable)
         masks = pruning.global_magnitude_masks(pruning_wrapper.get_kernels(theta0), None,
                                                imp_spec.fraction)
-        tickets.save(paths[0], masks, {**meta, "round": 1, "trained_rounds": 0,
-                                       "fraction": imp_spec.fraction})
+        if chief:
+            tickets.save(paths[0], masks, {**meta, "round": 1, "trained_rounds": 0,
+                                           "fraction": imp_spec.fraction})
     for k in range(1, imp_spec.rounds):
         if tickets.is_ticket(paths[k]):
+            masks = None
             continue
-        masks, _ = tickets.load(paths[k - 1])
+        if masks is None:
+            masks, _ = tickets.load(paths[k - 1])
         result = train.fit(lambda m=masks: masked_model(pretrained_fn, m, imp_spec.prunable),
                            splits, train_spec, os.path.join(workdir, "train", f"round_{k:02d}"),
                            strategy, inputs={"kind": "imp_round", "pretrained": pretrained,
                                              "ticket": tickets.fingerprint(masks)})
         trained = pruning_wrapper.get_kernels(result.model)
         new_masks = pruning.global_magnitude_masks(trained, masks, imp_spec.fraction)
-        tickets.save(paths[k], new_masks, {
-            **meta, "round": k + 1, "trained_rounds": k, "fraction": imp_spec.fraction,
-            "train_spec": train_spec.as_dict(),
-            "previous_round_val": result.final.get("val_sa"),
-            "previous_round_val_ra": result.final.get("val_ra")})
+        if chief:
+            tickets.save(paths[k], new_masks, {
+                **meta, "round": k + 1, "trained_rounds": k, "fraction": imp_spec.fraction,
+                "train_spec": train_spec.as_dict(),
+                "previous_round_val": result.final.get("val_sa"),
+                "previous_round_val_ra": result.final.get("val_ra")})
+        masks = new_masks
     return paths
 
 

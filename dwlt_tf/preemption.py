@@ -51,6 +51,8 @@ class Preempted(BaseException):
     def signal_name(self):
         if self.signum is None:  # a multi-worker run whose other worker was signalled
             return "another worker's stop request"
+        if isinstance(self.signum, str):  # a request made by code (`request(reason)`)
+            return self.signum
         return signal.Signals(self.signum).name
 
     def message(self):
@@ -65,7 +67,8 @@ def requested():
 
 
 def request(signum=signal.SIGTERM):
-    """Asks for a graceful stop as the signal `signum` would (tests, embedding code)."""
+    """Asks for a graceful stop as the signal `signum` would (a signal number, or a reason
+    such as "losing the lease of ..." for stops requested by code)."""
     with _LOCK:
         if _STATE["signal"] is None:
             _STATE["signal"] = signum
@@ -99,10 +102,13 @@ def _handler(signum, frame):
 
 
 @contextlib.contextmanager
-def graceful(signals=SIGNALS):
+def graceful(signals=SIGNALS, chain=False):
     """Within the block, `signals` request a graceful stop (see module docstring).
 
-    Only the main thread may install handlers; elsewhere the block changes nothing.
+    With `chain`, a stop that leaves the block as `Preempted` is then handed to the
+    handler the signal had before (e.g. submitit's, which requeues the job): the run has
+    checkpointed first. Only the main thread may install handlers; elsewhere the block
+    changes nothing.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -111,7 +117,17 @@ def graceful(signals=SIGNALS):
     previous = {sig: signal.signal(sig, _handler) for sig in signals}
     try:
         yield
+    except Preempted as stop:
+        _restore(previous)
+        handler = previous.get(stop.signum) if isinstance(stop.signum, int) else None
+        if chain and callable(handler):
+            handler(stop.signum, None)
+        raise
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        _restore(previous)
         clear()
+
+
+def _restore(previous):
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)

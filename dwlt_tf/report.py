@@ -53,11 +53,11 @@ def attack_label(attack):
 
 
 def _group_key(row):
-    return row["pretraining"], row["dataset"], row["data_rate"]
+    return row.pretraining, row.dataset, row.data_rate
 
 
 def _method(row):
-    return row.get("method") or ("dense" if row["ticket"] == "dense" else "imp")
+    return row.method
 
 
 def mean_std(values):
@@ -70,8 +70,8 @@ def mean_std(values):
 
 def _aggregate(members):
     """{"sa", "sa_std", "ra", "ra_std", "n"} over the rows of one ticket and regime."""
-    sa, sa_std = mean_std([r["sa"] for r in members])
-    ra, ra_std = mean_std([r["ra"] for r in members])
+    sa, sa_std = mean_std([r.sa for r in members])
+    ra, ra_std = mean_std([r.ra for r in members])
     return {"sa": sa, "sa_std": sa_std, "ra": ra, "ra_std": ra_std, "n": len(members)}
 
 
@@ -86,11 +86,11 @@ def analyze(rows, tolerance=0.0, rule="tolerance"):
     for key, members in sorted(groups.items(), key=lambda kv: str(kv[0])):
         by = collections.defaultdict(list)
         for r in members:
-            by[(_method(r), r["ticket"], r["regime"])].append(r)
+            by[(_method(r), r.ticket, r.regime)].append(r)
         dense = {regime: _aggregate(by[("dense", "dense", regime)]) for regime in REGIMES
                  if by.get(("dense", "dense", regime))}
-        tickets = sorted({(_method(r), r["ticket"], r["sparsity"]) for r in members
-                          if r["ticket"] != "dense"},
+        tickets = sorted({(_method(r), r.ticket, r.sparsity) for r in members
+                          if r.ticket != "dense"},
                          key=lambda t: (t[2], METHODS.index(t[0]) if t[0] in METHODS else 9))
         verdicts = []
         for method, ticket, sparsity in tickets:
@@ -122,7 +122,7 @@ def analyze(rows, tolerance=0.0, rule="tolerance"):
 
 def _best_seed(rows):
     """Among one ticket's seeds, the run to deploy: best validation RA (ties: lowest seed)."""
-    return max(rows, key=lambda r: (r.get("val_ra") or 0.0, -r.get("seed", 1)))
+    return max(rows, key=lambda r: (r.val_ra or 0.0, -r.seed))
 
 
 def choose_export(rows, summary):
@@ -134,30 +134,31 @@ def choose_export(rows, summary):
         if group["sparsest_double_win"]:
             v = group["sparsest_double_win"]
             candidates.append((v["sparsity"], v["adversarial_ra"] or 0.0, key, v["ticket"]))
-    adversarial = [r for r in rows if r["regime"] == "adversarial" and _method(r) == "imp"]
+    adversarial = [r for r in rows if r.regime == "adversarial" and _method(r) == "imp"]
     if candidates:
         sparsity, _, key, ticket = max(candidates)
         row = _best_seed([r for r in adversarial
-                          if _group_key(r) == key and r["ticket"] == ticket])
+                          if _group_key(r) == key and r.ticket == ticket])
         return row, (f"sparsest double-win ticket ({ticket}, {100 * sparsity:.2f}% sparse, "
                      f"{key[0]} pre-training, {key[1]} at data rate {key[2]})")
     if not adversarial:
         return None, "no adversarially transferred ticket to export"
-    best = max(adversarial, key=lambda r: (r["ra"], r["sa"]))
+    best = max(adversarial, key=lambda r: (r.ra, r.sa))
     row = _best_seed([r for r in adversarial
-                      if _group_key(r) == _group_key(best) and r["ticket"] == best["ticket"]])
-    return row, (f"no ticket is double-win; exported the ticket with the best adversarial "
-                 f"RA instead ({row['ticket']}, {100 * row['sparsity']:.2f}% sparse)")
+                      if _group_key(r) == _group_key(best) and r.ticket == best.ticket])
+    return row, (f"the ticket with the best adversarial RA ({row.ticket}, "
+                 f"{100 * row.sparsity:.2f}% sparse; no ticket is double-win)")
 
 
 def write_tables(rows, workdir):
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")
     writer.writeheader()
-    for row in rows:
-        writer.writerow(row)
+    records = [row.record() for row in rows]
+    for record in records:
+        writer.writerow(record)
     files.update_text(os.path.join(workdir, "results.csv"), buffer.getvalue())
-    files.update_json(os.path.join(workdir, "results.json"), rows)
+    files.update_json(os.path.join(workdir, "results.json"), records)
 
 
 def _fmt(value, std=None, n=None):
@@ -181,10 +182,12 @@ def _rule_text(tolerance, rule):
 
 
 def markdown(rows, summary, tolerance, export_note=None, rule="tolerance", seeds=None,
-             audits=None):
-    """The report. `audits`: [(row, AuditResult-like dict)] of audited models."""
-    seeds = sorted({r.get("seed", 1) for r in rows}) if seeds is None else list(seeds)
-    lines = ["# Double-win lottery tickets: study report", "",
+             audits=None, status=None):
+    """The report. `audits`: [(row, AuditResult-like dict)] of audited models; `status`: a
+    line under the title (e.g. that the results are partial)."""
+    seeds = sorted({r.seed for r in rows}) if seeds is None else list(seeds)
+    lines = ["# Double-win lottery tickets: study report", ""] + ([status, ""] if status else [])
+    lines += [
              f"Matching (rule `{rule}`): {_rule_text(tolerance, rule)}; double-win: matching "
              "under standard *and* adversarial transfer. SA = test SA of the best-SA "
              "checkpoint, RA = test RA of the best-RA checkpoint (both selected on "
@@ -192,7 +195,7 @@ def markdown(rows, summary, tolerance, export_note=None, rule="tolerance", seeds
              f"Seeds: {', '.join(str(s) for s in seeds)}" + (
                  " (values: mean ± sample standard deviation over seeds)." if len(seeds) > 1
                  else " (one seed per transfer: no spread to report)."), ""]
-    attacks = sorted({r.get("ra_attack") for r in rows if r.get("ra_attack")})
+    attacks = sorted({r.ra_attack for r in rows if r.ra_attack})
     if attacks:
         lines += ["RA measured with: " + "; ".join(attacks) + ".", ""]
     for (pretraining, dataset, rate), group in summary.items():
@@ -248,13 +251,13 @@ def _audit_section(audits):
         ra = result["ra"]
         flag = "**possible**" if result["gradient_masking_suspected"] else "no"
         lines.append(
-            f"| {row['pretraining']} | {row['dataset']} | {row['ticket']} | {row['regime']} | "
-            f"{row.get('seed', 1)} | {result['examples']} | {_fmt(ra.get('pgd'))} | "
+            f"| {row.pretraining} | {row.dataset} | {row.ticket} | {row.regime} | "
+            f"{row.seed} | {result['examples']} | {_fmt(ra.get('pgd'))} | "
             f"{_fmt(ra.get('apgd_ce'))} | {_fmt(ra.get('apgd_dlr'))} | {_fmt(ra.get('square'))} "
             f"| {_fmt(result['worst_case_ra'])} | {flag} |")
         for reason in result["reasons"]:
-            warnings.append(f"* Warning ({row['pretraining']}, {row['ticket']}, "
-                            f"{row['regime']}): {reason} -- RA measured by gradient-based "
+            warnings.append(f"* Warning ({row.pretraining}, {row.ticket}, "
+                            f"{row.regime}): {reason} -- RA measured by gradient-based "
                             "attacks may overstate robustness (gradient masking).")
     return lines + [""] + warnings + ([""] if warnings else [])
 

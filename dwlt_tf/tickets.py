@@ -9,6 +9,7 @@ and renamed into place, so a crash never leaves a half-written ticket.
 """
 import hashlib
 import os
+import zipfile
 
 import numpy as np
 
@@ -65,12 +66,21 @@ def load(path):
     masks_path = os.path.join(path, MASKS_FILE)
     meta_path = os.path.join(path, META_FILE)
     if not os.path.isfile(masks_path) or not os.path.isfile(meta_path):
+        what = ("no such directory" if not os.path.exists(path) else "a file" if
+                os.path.isfile(path) else f"expected {MASKS_FILE} and {META_FILE} in it")
         raise TicketError(
-            f"{path!r} is not a ticket: expected {MASKS_FILE} and {META_FILE} in it "
-            "(written by the IMP trainer or trainers/convert_weights.py)")
-    with np.load(masks_path) as archive:
-        masks = {name: archive[name].astype(bool) for name in archive.files}
-    return masks, files.read_json(meta_path)
+            f"{path!r} is not a ticket ({what}; tickets are directories written by the IMP "
+            "trainer, trainers/prune.py or trainers/convert_weights.py)")
+    try:
+        with np.load(masks_path) as archive:
+            masks = {name: archive[name].astype(bool) for name in archive.files}
+        meta = files.read_json(meta_path)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as e:
+        raise TicketError(f"ticket {path!r} is damaged ({type(e).__name__}: "
+                          f"{str(e)[:120]}); recreate it") from None
+    if not masks:
+        raise TicketError(f"ticket {path!r} holds no masks")
+    return masks, meta
 
 
 def is_ticket(path):

@@ -38,8 +38,8 @@ import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import tensorflow as tf
 import tf_keras
 
-from dwlt_tf import (attacks, data, errors, evaluate, files, identity, optim, pipeline,
-                     preemption, pruning_wrapper, runtime)
+from dwlt_tf import (attacks, checks, data, errors, evaluate, files, identity, optim,
+                     pipeline, preemption, pruning_wrapper, runtime)
 
 MODES = ("standard", "fast_adversarial", "pgd")
 # float64 is for numerical checks (e.g. comparing strategies without float32 noise).
@@ -84,33 +84,31 @@ class TrainSpec:
     verbose: int = identity.neutral(1)
 
     def __post_init__(self):
-        def bad(key, value, why):
-            raise ValueError(f"train.{key}={value!r}: {why}")
-        if self.mode not in MODES:
-            bad("mode", self.mode, f"choose one of {MODES}")
+        checks.choice("train.mode", self.mode, MODES)
         for key in ("epochs", "batch_size", "eval_batch_size"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                bad(key, value, "must be a positive int")
+            checks.positive_int(f"train.{key}", getattr(self, key))
         for key in ("warmup_epochs", "eval_start_epoch", "checkpoint_every_steps",
                     "log_every_steps"):
+            checks.non_negative_int(f"train.{key}", getattr(self, key))
+        checks.number("train.lr", self.lr, 0.0, low_open=True)
+        checks.number("train.momentum", self.momentum, 0.0)
+        checks.number("train.weight_decay", self.weight_decay, 0.0)
+        checks.choice("train.schedule", self.schedule, optim.SCHEDULES)
+        milestones = checks.int_tuple("train.milestones", self.milestones, low=1,
+                                      distinct=True, increasing=True)
+        checks.number("train.gamma", self.gamma, 0.0, low_open=True)
+        for key in ("attack", "eval_attack"):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                bad(key, value, "must be a non-negative int")
-        if not self.lr > 0:
-            bad("lr", self.lr, "must be positive")
-        if self.weight_decay < 0:
-            bad("weight_decay", self.weight_decay, "must be >= 0")
-        if self.schedule not in optim.SCHEDULES:
-            bad("schedule", self.schedule, f"choose one of {optim.SCHEDULES}")
-        if list(self.milestones) != sorted(self.milestones) or any(
-                m < 1 for m in self.milestones):
-            bad("milestones", self.milestones, "must be increasing positive epochs")
-        if self.precision not in PRECISIONS:
-            bad("precision", self.precision, f"choose one of {PRECISIONS}")
+            if value is not None and not isinstance(value, attacks.Attack):
+                checks.fail(f"train.{key}", value, "must be an attack (eps, step_size, steps)")
+        checks.boolean("train.select_ra", self.select_ra)
+        checks.boolean("train.test", self.test)
+        checks.seed("train.seed", self.seed)
+        checks.choice("train.precision", self.precision, PRECISIONS)
+        checks.integer("train.verbose", self.verbose, 0, 2)  # Keras's progress-bar modes
         if self.attack is None and self.mode != "standard":
             object.__setattr__(self, "attack", _DEFAULT_ATTACK[self.mode])
-        object.__setattr__(self, "milestones", tuple(self.milestones))
+        object.__setattr__(self, "milestones", milestones)
 
     def as_dict(self):
         return dataclasses.asdict(self)
@@ -191,15 +189,6 @@ def precision_policy(name):
         tf_keras.mixed_precision.set_global_policy(previous)
 
 
-def _is_chief(strategy):
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
-        return True
-    return resolver.task_type in (None, "chief") or (
-        resolver.task_type == "worker" and resolver.task_id == 0
-        and "chief" not in resolver.cluster_spec().as_dict())
-
-
 class TrainingRun:
     """State of one `fit` call: model, optimizer, checkpoints, step functions.
 
@@ -209,7 +198,7 @@ class TrainingRun:
 
     def __init__(self, model_fn, splits, spec, workdir, strategy):
         self.splits, self.spec, self.workdir, self.strategy = splits, spec, workdir, strategy
-        self.chief = _is_chief(strategy)
+        self.chief = runtime.is_chief(strategy)
         self.steps_per_epoch = pipeline.num_batches(splits.num_train, spec.batch_size)
         with strategy.scope():
             self.model = model_fn()
@@ -259,7 +248,8 @@ class TrainingRun:
             images = tf.identity(images)
         if spec.attack is not None:
             images = attacks.attack_batch(model, spec.attack, images, labels,
-                                          noise=batch["noise"], training=True)
+                                          noise=batch["noise"], training=True,
+                                          snapshot=pruning_wrapper.kernel_snapshot)
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
             loss_sum = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(
@@ -363,8 +353,9 @@ def fit(model_fn: Callable[[], tf_keras.Model], splits: data.Splits, spec: Train
                                  f"the {replicas} replicas of {type(strategy).__name__}")
     if splits.num_train < 1:
         raise errors.ConfigError(f"The training split is empty ({splits.spec.label!r})")
-    identity.claim(workdir, run_identity(spec, splits.identity, inputs), overwrite,
-                   "training run")
+    if runtime.is_chief(strategy):  # other workers train the same run; the chief records it
+        identity.claim(workdir, run_identity(spec, splits.identity, inputs), overwrite,
+                       "training run")
     with precision_policy(spec.precision):
         run = TrainingRun(model_fn, splits, spec, workdir, strategy)
         result_path = os.path.join(workdir, RESULT_FILE)

@@ -35,9 +35,10 @@ import keras_tuner
 from keras_tuner.engine import base_tuner
 
 from dwlt_tf import config as cfg
-from dwlt_tf import convert, data, files, identity, report, tickets, train, transfer
+from dwlt_tf import data, files, identity, report, runs, train, transfer
 
 OBJECTIVES = ("val_sa", "val_ra", "weighted")
+SAMPLINGS = ("linear", "log", "reverse_log")
 ORACLES = ("random", "bayesian", "hyperband")
 _TUNABLE = {f.name for f in dataclasses.fields(train.TrainSpec)} - {
     "attack", "eval_attack", "mode", "test", "verbose", "precision", "milestones"}
@@ -98,7 +99,11 @@ def validate_space(space, objective, weights, base_spec, oracle):
             if not entry.get("min", 0) < entry.get("max", 0):
                 raise cfg.ConfigError(f"{where}: empty range min={entry.get('min')!r} "
                                       f"max={entry.get('max')!r}")
-            if entry.get("sampling", "linear") == "log" and entry["min"] <= 0:
+            sampling = entry.get("sampling", "linear")
+            if sampling not in SAMPLINGS:
+                raise cfg.ConfigError(f"{where}.sampling={sampling!r}: choose one of "
+                                      f"{SAMPLINGS}")
+            if sampling == "log" and entry["min"] <= 0:
                 raise cfg.ConfigError(f"{where}: log sampling needs min > 0, got {entry['min']}")
         elif kind == "choice":
             if not entry.get("values"):
@@ -191,9 +196,9 @@ def search(pretrained, ticket, dataset, base_spec, tune_config, workdir, strateg
     space = cfg.to_dict(tc["space"])
     distributed_role = role()
     splits = data.load(dataset)
-    masks = tickets.load(ticket)[0] if ticket else None
+    source, masks, _ = transfer.load_inputs(pretrained, ticket)  # bad ones: before the claim
     search_identity = train.run_identity(base_spec, splits.identity,
-                                         transfer.inputs(convert.load_meta(pretrained), masks))
+                                         runs.inputs(source.meta, masks))
     search_identity.update(kind="tune", tune={k: v for k, v in tc.items() if k != "max_trials"})
     identity.claim(workdir, search_identity, overwrite, "tuning search")
     oracle = make_oracle(tc.get("oracle", "random"), tc.get("objective", "val_sa"),

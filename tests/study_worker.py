@@ -26,6 +26,7 @@ flags.DEFINE_string("workdir", None, "Study workdir.")
 flags.DEFINE_enum("kill_at", None, ["pretrain", "imp", "after_cell", "export"], "Crash point.")
 flags.DEFINE_integer("kill_after", 1, "Which step / cell.")
 flags.DEFINE_string("shard", None, "Run this share of the cells (study.parse_shard).")
+flags.DEFINE_float("stale_seconds", 0, "Leases' stale time (0: the config's).")
 
 
 def _die():
@@ -48,8 +49,8 @@ def _instrument():
         original = train.TrainingRun._train_step  # pylint: disable=protected-access
         stage = f"{os.sep}{FLAGS.kill_at}_"
 
-        def step(self, iterator):
-            out = original(self, iterator)
+        def step(self, iterator, stop=None):
+            out = original(self, iterator, stop)
             if stage in self.workdir:
                 tf.py_function(_count_then_die, [], tf.int64)
             return out
@@ -75,8 +76,11 @@ def main(argv):
     del argv
     _instrument()
     select = study.parse_shard(FLAGS.shard) if FLAGS.shard else None
-    runner = study.Study(load_config("study", "tiny"), FLAGS.workdir, log=lambda *_: None,
-                         select=select)
+    config = load_config("study", "tiny")
+    if FLAGS.stale_seconds:
+        config.leases.update(dict(heartbeat_seconds=FLAGS.stale_seconds / 4,
+                                  stale_seconds=FLAGS.stale_seconds))
+    runner = study.Study(config, FLAGS.workdir, log=print, select=select)
     runner.run()
     print("ran " + json.dumps(runner.ran))
     print("study finished")

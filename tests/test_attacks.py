@@ -106,11 +106,11 @@ def test_evaluate_reports_sa_and_ra(trained):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(eps=1.5), r"eps must be a float in \[0, 1\] \(pixel units\), got 1.5"),
-    (dict(eps=-0.1), "got -0.1"),
-    (dict(step_size=0.0), "step_size must be a positive float, got 0.0"),
-    (dict(steps=0), "steps must be a positive int, got 0"),
-    (dict(steps=2.5), "steps must be a positive int, got 2.5"),
+    (dict(eps=1.5), r"attack.eps=1.5: must be a number in \[0.0, 1.0\]"),
+    (dict(eps=-0.1), "attack.eps=-0.1"),
+    (dict(step_size=0.0), r"attack.step_size=0.0: must be a number in \(0.0, inf\)"),
+    (dict(steps=0), "attack.steps=0: must be a positive int"),
+    (dict(steps=2.5), "attack.steps=2.5: must be a positive int"),
 ])
 def test_bad_budgets_are_rejected(kwargs, match):
     budget = dict(eps=8 / 255, step_size=2 / 255, steps=3)
@@ -232,7 +232,7 @@ def test_snapshot_attack_is_bit_identical_to_masking_at_every_call(trained, prec
     for value, v in zip(start, model.variables):
         v.assign(value)
     ours = attacks.pgd_attack(model, images, labels, 8 / 255, 2 / 255, 4, noise=noise,
-                              training=training)
+                              training=training, snapshot=pruning_wrapper.kernel_snapshot)
     np.testing.assert_array_equal(reference.numpy(), ours.numpy())
     for value, v in zip(after_reference, model.variables):  # same BN statistics updates
         np.testing.assert_array_equal(value, v.numpy(), err_msg=v.name)
@@ -252,8 +252,8 @@ def test_snapshot_masks_each_kernel_once_per_attack(trained):
 
     steps, wrapped = 5, len(pruning_wrapper.wrappers(model))
     before = multiplies(_unsnapshotted_attack(model, False, steps).python_function)
-    after = multiplies(lambda x, y, n: attacks.pgd_attack(model, x, y, 8 / 255, 2 / 255, steps,
-                                                          noise=n))
+    after = multiplies(lambda x, y, n: attacks.pgd_attack(
+        model, x, y, 8 / 255, 2 / 255, steps, noise=n, snapshot=pruning_wrapper.kernel_snapshot))
     # Before: every wrapper masked its kernel in each of the steps + 0 forward passes
     # whose gradient is taken; now once per attack.
     assert before - after >= wrapped * (steps - 1), (before, after, wrapped)

@@ -11,7 +11,7 @@ import tf_keras
 
 from conftest import BUNDLED_CIFAR, REPO, snapshot
 from dwlt_tf import (cli, convert, data, errors, export, identity, models, pruning,
-                     pruning_wrapper, tickets, transfer)
+                     pruning_wrapper, runs, tickets)
 
 
 def test_only_the_projects_boundary_errors_become_one_line(capsys):
@@ -110,7 +110,7 @@ def test_rerun_into_a_used_workdir_refuses_other_settings(weights_and_ticket, tm
     assert identity.read(str(workdir))["ticket"] is None
     # Export sources: a finished run whose ticket changed on disk is not exported with
     # the other masks.
-    run = transfer.open_run(aside)
+    run = runs.open_run(aside)
     shutil.rmtree(ticket)
     tickets.save(ticket, pruning.one_shot_magnitude_masks(kernels, 0.6))
     splits = data.load(run.dataset)
@@ -118,8 +118,8 @@ def test_rerun_into_a_used_workdir_refuses_other_settings(weights_and_ticket, tm
                                                         r"since it was trained:\n  ticket:"):
         export.export_run(run, str(tmp_path / "serving"), 1, splits=splits)
     assert not os.path.exists(tmp_path / "serving" / "1")
-    with pytest.raises(transfer.RunNotFoundError, match="not a transfer run"):
-        transfer.open_run(str(tmp_path))
+    with pytest.raises(runs.RunNotFoundError, match="not a transfer run"):
+        runs.open_run(str(tmp_path))
 
 
 def test_baseline_ticket_binary_and_transfer_seeds(weights_and_ticket, tmp_path):

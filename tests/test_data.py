@@ -101,7 +101,7 @@ def test_missing_tfds_data_is_a_clear_error(tmp_path):
     assert os.path.join(str(tmp_path), "downloads", "manual") in message
     assert "cifar-10-binary.tar.gz" in message
     assert "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd" in message
-    assert "download=True" in message
+    assert "download=True" in message and "\n" not in message  # the trainers' one line
     assert not os.path.exists(os.path.join(str(tmp_path), "cifar10"))  # nothing prepared
 
 
@@ -111,13 +111,22 @@ def test_missing_image_folder_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(name="mnist", data_dir="/d"), "Unknown dataset 'mnist'"),
-    (dict(name="cifar10", data_dir="/d", data_rate=0.0), r"data_rate must be in \(0, 1\], got 0.0"),
-    (dict(name="cifar10", data_dir="/d", data_rate=1.5), "got 1.5"),
+    (dict(name="mnist", data_dir="/d"), "dataset.name='mnist': choose one of"),
+    (dict(name="cifar10", data_dir="/d", data_rate=0.0),
+     r"dataset.data_rate=0.0: must be a number in \(0.0, 1.0\]"),
+    (dict(name="cifar10", data_dir="/d", data_rate=1.5), "dataset.data_rate=1.5"),
     (dict(name="cifar10"), "needs `data_dir`"),
     (dict(name="imagefolder"), "needs `path`"),
-    (dict(name="cifar10", data_dir="/d", augment="autoaugment"), "Unknown augment"),
-    (dict(name="cifar10", data_dir="/d", image_size=16), "image_size must be an int >= 32"),
+    (dict(name="cifar10", data_dir="/d", augment="autoaugment"),
+     "dataset.augment='autoaugment': choose one of"),
+    (dict(name="cifar10", data_dir="/d", image_size=16), "dataset.image_size=16: must be an "
+                                                         "int >= 32"),
+    (dict(name="cifar10", data_dir="/d", path="/images"), "dataset.path='/images': TFDS "
+                                                          "dataset 'cifar10' is read from"),
+    (dict(name="imagefolder", path="/p", data_dir="/d"), "dataset.data_dir='/d': an "
+                                                          "ImageFolder dataset"),
+    (dict(name="cifar10", data_dir="/d", classes=("a",)), r"dataset.classes=\('a',\): must "
+                                                           "be a sequence of ints"),
 ])
 def test_bad_specs_name_the_value(kwargs, match):
     with pytest.raises(ValueError, match=match):

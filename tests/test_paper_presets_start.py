@@ -16,7 +16,7 @@ import pytest
 import archives
 from conftest import bundled_images, load_config
 from dwlt_tf import config as cfg
-from dwlt_tf import convert, data, imp, pruning, pruning_wrapper, tickets, transfer
+from dwlt_tf import convert, data, imp, pruning, pruning_wrapper, runs, tickets, transfer
 from test_convert import _torch_model, _write
 
 
@@ -96,7 +96,7 @@ def test_adversarial_transfer_preset_starts_on_cifar10(robust_resnet50, tiny_cif
     result = transfer.run(robust_resnet50, ticket, dataset, spec, str(tmp_path / "run"))
     splits = data.load(dataset)
     assert (splits.num_train, splits.num_val, splits.num_test) == (4, 4, 2)
-    model, provenance, _ = transfer.load_best(transfer.open_run(str(tmp_path / "run")), "ra",
+    model, provenance, _ = runs.load_best(runs.open_run(str(tmp_path / "run")), "ra",
                                               splits)
     assert provenance["ticket_matches_pretrained"] is True
     assert model.output_shape == (None, 10)

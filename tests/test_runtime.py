@@ -91,8 +91,8 @@ def test_eager_attacks_compile_with_xla_when_asked(splits):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(jit_compile="yes"), "jit_compile must be True or False, got 'yes'"),
-    (dict(intra_op_threads=-1), "intra_op_threads must be an int >= 0, got -1"),
+    (dict(jit_compile="yes"), "runtime.jit_compile='yes': must be True or False"),
+    (dict(intra_op_threads=-1), "runtime.intra_op_threads=-1: must be an int >= 0"),
 ])
 def test_bad_settings_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -1,13 +1,16 @@
 """Tests for the study: configs, validation, double-win logic, a tiny study end to end."""
+import collections
 import csv
 import dataclasses
 import glob
 import json
 import os
+import pathlib
 import shutil
 import signal
 import subprocess
 import sys
+import time
 import warnings
 from unittest import mock
 
@@ -15,8 +18,8 @@ import pytest
 
 from conftest import BUNDLED_CIFAR, REPO, load_config, snapshot
 from dwlt_tf import config as cfg
-from dwlt_tf import (convert, data, pipeline, preemption, report, study, tickets, train,
-                     transfer)
+from dwlt_tf import (convert, data, leases, pipeline, preemption, report, runs, stages,
+                     study, tickets, train, transfer)
 
 SIGNALLER = os.path.join(REPO, "tests", "signal_worker.py")
 
@@ -64,7 +67,8 @@ def _fake_converted(path, arch="resnet50", stem="imagenet", base_width=64):
     """A converted-weights directory's metadata (all the study's plan reads)."""
     path.mkdir()
     (path / "converted.json").write_text(json.dumps(
-        {"arch": arch, "stem": stem, "base_width": base_width, "source_sha256": "0" * 64}))
+        {"arch": arch, "stem": stem, "base_width": base_width, "source_sha256": "0" * 64,
+         "num_classes": 1000, "mean": [0.5] * 3, "std": [0.25] * 3}))
     return path
 
 
@@ -80,16 +84,16 @@ def test_every_config_variant_validates(tmp_path):
     paper = load_config("study", "paper")
     for name in paper.pretrainings:
         paper.pretrainings[name].path = str(weights)
-    plan = study.plan(paper)
+    plan = study.study_spec(paper)
     assert plan.ticket_rounds == [6, 7, 8, 10, 11]
     assert len(plan.datasets) == 9  # 3 datasets x data rates 1, 0.1, 0.01
     assert plan.transfer["adversarial:svhn"].schedule == "cosine"
-    assert plan.pretrainings["adversarial"]["imp"].mode == "pgd"
-    assert plan.pretrainings["standard"]["imp"].mode == "standard"
+    assert plan.pretrainings["adversarial"].imp.mode == "pgd"
+    assert plan.pretrainings["standard"].imp.mode == "standard"
     for variant in ("quickstart", "audit", "tiny"):
-        study.plan(load_config("study", variant))
+        study.study_spec(load_config("study", variant))
     paper.tickets = ("all",)  # what --config.tickets=all hands over: every saved round
-    everything = study.plan(paper)
+    everything = study.study_spec(paper)
     assert everything.ticket_rounds == list(range(1, 12)) and everything.rule == "std"
     assert everything.seeds == [1, 2, 3] and everything.methods == ["imp", "omp", "random"]
     assert everything.baseline_rounds == everything.ticket_rounds
@@ -99,11 +103,13 @@ def test_every_config_variant_validates(tmp_path):
 @pytest.mark.parametrize("edit,match", [
     (lambda c: c.update({"bogus": 1}), r"config.bogus: unknown key"),
     (lambda c: c.transfer.standard.update({"epochs": -3}), r"transfer.standard.epochs=-3"),
-    (lambda c: c.downstream.update({"data_rates": (1.5,)}), r"data_rate must be in \(0, 1\], got 1.5"),
-    (lambda c: c.downstream.update({"datasets": ("mnist",)}), r"Unknown dataset 'mnist'"),
-    (lambda c: c.pretrainings.adversarial.update({"imp_mode": "trades"}), r"imp.train.mode='trades'"),
+    (lambda c: c.downstream.update({"data_rates": (1.5,)}), r"downstream.data_rates=1.5: must"),
+    (lambda c: c.downstream.update({"datasets": ("mnist",)}),
+     r"downstream.datasets=\('mnist',\): choose among"),
+    (lambda c: c.pretrainings.adversarial.update({"imp_mode": "trades"}), r"pretrainings.adversarial.imp_mode='trades': choose"),
     (lambda c: c.pretrainings.adversarial.train.update({"lr": 0.0}), r"pretrainings.adversarial.train.lr=0.0"),
-    (lambda c: c.transfer.adversarial.attack.update({"eps": 8}), r"eps must be a float in \[0, 1\]"),
+    (lambda c: c.transfer.adversarial.attack.update({"eps": 8}),
+     r"transfer.adversarial.attack.eps=8.0: must be a number in \[0.0, 1.0\]"),
     (lambda c: c.update({"tickets": (1, 5)}), r"rounds \[5\] outside 1..imp.rounds=2"),
     # Settings the report cannot work with fail before any training, not after it.
     (lambda c: c.transfer.standard.update({"test": False}), r"transfer.standard.test=False"),
@@ -113,14 +119,14 @@ def test_every_config_variant_validates(tmp_path):
     (lambda c: c.export.update({"version": 0}), r"export.version=0: must be a positive int"),
     (lambda c: c.transfer.update({"adversarial:svhn": c.transfer.adversarial.to_dict()}),
      r"transfer.adversarial:svhn: dataset 'svhn' is not among downstream.datasets"),
-    (lambda c: c.update({"seeds": (1, 1)}), r"seeds=\(1, 1\): give one or more distinct"),
+    (lambda c: c.update({"seeds": (1, 1)}), r"seeds=\(1, 1\): entries must be distinct"),
     (lambda c: c.report.update({"rule": "sigma"}), r"report.rule='sigma': choose one of"),
     (lambda c: c.pruning.update({"methods": ("omp",)}), r"pruning.methods=\('omp',\).*'imp' "
                                                          r"included"),
     (lambda c: c.pruning.update({"methods": ("imp", "snip")}), r"choose among"),
     (lambda c: c.pruning.update({"rounds": (5,)}), r"pruning.rounds=\(5,\): rounds \[5\] are "
                                                    r"not among the transferred tickets"),
-    (lambda c: c.audit.update({"enabled": True, "eps": 1.5}), r"audit.eps=1.5: must be in"),
+    (lambda c: c.audit.update({"enabled": True, "eps": 1.5}), r"audit.eps=1.5: must be a number in"),
     (lambda c: c.audit.update({"enabled": True, "steps": 3}), r"audit.steps: unknown key"),
     (lambda c: c.update({"tickets": ("some",)}), r"tickets=\('some',\): give round numbers"),
 ])
@@ -129,22 +135,22 @@ def test_bad_configs_are_rejected_naming_key_and_value(edit, match):
     with config.unlocked():
         edit(config)
     with pytest.raises(cfg.ConfigError, match=match):
-        study.plan(config)
+        study.study_spec(config)
 
 
 def test_missing_pretrained_weights_are_named(tmp_path):
     config = load_config("study", "tiny")
     config.pretrainings.adversarial.path = str(tmp_path / "nope")
     with pytest.raises(cfg.ConfigError, match="either `path`.*not both"):
-        study.plan(config)
+        study.study_spec(config)
     config.pretrainings.adversarial.train = {}
     with pytest.raises(cfg.ConfigError, match=r"pretrainings.adversarial.path=.*no such file"):
-        study.plan(config)
+        study.study_spec(config)
     # Converted weights of another architecture than the study's model.
     config.pretrainings.adversarial.path = str(_fake_converted(tmp_path / "r50"))
     with pytest.raises(cfg.ConfigError, match=r"holds a resnet50 \(imagenet stem, width 64\), "
                                               r"but model is resnet18 \(cifar stem, width 8\)"):
-        study.plan(config)
+        study.study_spec(config)
 
 
 def test_missing_downstream_data_fails_before_any_training(tmp_path):
@@ -168,10 +174,14 @@ def test_trainer_reports_bad_config_in_one_line():
 
 # --------------------------------------------------------------- double-win logic
 
-def _row(ticket, regime, sa, ra, sparsity=0.0, pretraining="adversarial"):
-    return {"pretraining": pretraining, "dataset": "cifar10", "data_rate": 1.0,
-            "regime": regime, "ticket": ticket, "sparsity": sparsity, "sa": sa, "ra": ra,
-            "cell": f"cells/{ticket}-{regime}"}
+def _row(ticket, regime, sa, ra, sparsity=0.0, pretraining="adversarial", seed=1,
+         method=None, val_ra=None):
+    return stages.TransferRow(
+        pretraining=pretraining, dataset="cifar10", data_rate=1.0, regime=regime,
+        method=method or ("dense" if ticket == "dense" else "imp"), ticket=ticket,
+        sparsity=sparsity, seed=seed, sa=sa, ra=ra, sa_ckpt_test_ra=None,
+        ra_ckpt_test_sa=None, val_sa=sa, val_ra=val_ra, ra_attack="PGD-20",
+        cell=f"cells/{ticket}-{regime}")
 
 
 def test_double_win_logic_on_constructed_results():
@@ -193,12 +203,12 @@ def test_double_win_logic_on_constructed_results():
     loose = list(report.analyze(rows, tolerance=1.0).values())[0]
     assert loose["sparsest_double_win"]["ticket"] == "round 10"
     row, reason = report.choose_export(rows, summary)
-    assert row["ticket"] == "round 6" and row["regime"] == "adversarial"
+    assert row.ticket == "round 6" and row.regime == "adversarial"
     assert "sparsest double-win" in reason
     # No double-win ticket: the best adversarial RA is exported, and the report says so.
-    none = [r for r in rows if r["ticket"] != "round 6"]
+    none = [r for r in rows if r.ticket != "round 6"]
     row, reason = report.choose_export(none, report.analyze(none))
-    assert row["ticket"] == "round 10" and "no ticket is double-win" in reason
+    assert row.ticket == "round 10" and "no ticket is double-win" in reason
     text = report.markdown(rows, summary, 0.0, reason)
     assert "| round 6 | imp | 73.79% |" in text and "Sparsest double-win ticket: **round 6**" in text
 
@@ -215,13 +225,13 @@ def tiny_study(tmp_path_factory):
 def test_tiny_study_writes_every_artifact(tiny_study):
     workdir, rows, summary = tiny_study
     assert len(rows) == 6  # (dense + 2 tickets) x (standard, adversarial)
-    assert {r["ticket"] for r in rows} == {"dense", "round 1", "round 2"}
-    assert sorted(round(r["sparsity"], 4) for r in rows if r["regime"] == "standard") == [
+    assert {r.ticket for r in rows} == {"dense", "round 1", "round 2"}
+    assert sorted(round(r.sparsity, 4) for r in rows if r.regime == "standard") == [
         0.0, 0.4, 0.64]
     with open(os.path.join(workdir, "results.csv")) as f:
         assert len(list(csv.DictReader(f))) == 6
     with open(os.path.join(workdir, "results.json")) as f:
-        assert json.load(f) == rows
+        assert json.load(f) == [r.record() for r in rows]
     text = open(os.path.join(workdir, "report.md")).read()
     assert "cifar10_jpeg_small[5,6,7,8,9]" in text and "## Export" in text
     (png,) = glob.glob(os.path.join(workdir, "plots", "*.png"))
@@ -229,8 +239,8 @@ def test_tiny_study_writes_every_artifact(tiny_study):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     kinds = sorted(os.path.basename(p).split("_")[0]
                    for p in glob.glob(os.path.join(workdir, "cells", "*")))
-    assert kinds == ["imp", "pretrain"] + ["transfer"] * 6
-    assert {r["ra_attack"] for r in rows} == {
+    assert kinds == ["export", "imp", "pretrain"] + ["transfer"] * 6
+    assert {r.ra_attack for r in rows} == {
         "PGD-2 linf eps 8/255 step 2/255, 1 restart, random start (cleverhans)"}
     assert "RA measured with: PGD-2 linf eps 8/255" in text
 
@@ -241,17 +251,17 @@ def test_exported_ticket_json_describes_the_exported_checkpoint(tiny_study):
     assert os.path.isfile(os.path.join(export_dir, "saved_model.pb"))
     info = json.load(open(os.path.join(export_dir, "assets", "ticket.json")))
     assert info["sparsity"] > 0 and info["check_sparsity"] == info["sparsity"]
-    row = next(r for r in rows if os.path.join(workdir, r["cell"]) == info["source_run"]["path"])
-    assert row["regime"] == "adversarial" and info["checkpoint"] == "best_ra"
+    row = next(r for r in rows if os.path.join(workdir, r.cell) == info["source_run"]["path"])
+    assert row.regime == "adversarial" and info["checkpoint"] == "best_ra"
     # The accuracies are the exported (best-RA) checkpoint's own; the best-SA one's are
     # kept only under a label.
-    assert (info["test_sa"], info["test_ra"]) == (row["ra_ckpt_test_sa"], row["ra"])
-    assert info["other_checkpoints"]["best_sa"]["test_sa"] == row["sa"]
+    assert (info["test_sa"], info["test_ra"]) == (row.ra_ckpt_test_sa, row.ra)
+    assert info["other_checkpoints"]["best_sa"]["test_sa"] == row.sa
     assert info["ra_attack"]["steps"] == 2 and info["ra_attack"]["library"] == "cleverhans"
     # Measured again, independently: the SavedModel alone on the test images.
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     served = tf.saved_model.load(export_dir).signatures["serving_default"]
-    splits = data.load(transfer.open_run(info["source_run"]["path"]).dataset)
+    splits = data.load(runs.open_run(info["source_run"]["path"]).dataset)
     correct = total = 0
     for batch in pipeline.eval_batches(splits, "test", 250):
         predicted = served(images=batch["image"])["classes"].numpy()
@@ -270,7 +280,7 @@ def _neutral_changes(config, data_root):
         section.update(dict(verbose=1, eval_batch_size=7, log_every_steps=1,
                             checkpoint_every_steps=3))
     for section in (config.source, config.downstream.dataset):
-        section.update(dict(path=data_root, data_dir="/elsewhere/tensorflow_datasets"))
+        section.update(dict(path=data_root))
     config.runtime.update(dict(intra_op_threads=2, inter_op_threads=2))
     return config
 
@@ -293,6 +303,16 @@ def test_second_run_recomputes_nothing(tiny_study, tmp_path):
     assert "to `export/1`." in open(os.path.join(workdir, "report.md")).read()
 
 
+def _fake_result(cell, best):
+    """A transfer's result without training (what a finished run leaves behind)."""
+    result = train.TrainResult(cell, 1, best, dataclasses.replace(best, checkpoint="best_ra"),
+                               None, {}, 0.0, 0.0)
+    os.makedirs(cell, exist_ok=True)
+    with open(os.path.join(cell, train.RESULT_FILE), "w") as f:
+        json.dump(result.to_json(), f)
+    return result
+
+
 def test_changing_one_setting_recomputes_exactly_the_dependent_cells(tiny_study, tmp_path):
     workdir, rows, _ = tiny_study
     copy = str(shutil.copytree(workdir, tmp_path / "study"))
@@ -304,15 +324,14 @@ def test_changing_one_setting_recomputes_exactly_the_dependent_cells(tiny_study,
     def fake_transfer(pretrained, ticket, dataset, spec, cell, *args, **kwargs):
         computed.append((os.path.basename(ticket) if ticket else "dense", spec.mode, spec.lr))
         best = train.CheckpointResult("best_sa", 0, 50.0, 20.0, 50.0, 20.0)
-        return train.TrainResult(cell, 1, best, dataclasses.replace(best, checkpoint="best_ra"),
-                                 None, {}, 0.0, 0.0)
+        return _fake_result(cell, best)
     with mock.patch.object(train, "_train", side_effect=AssertionError("retrained")), \
             mock.patch.object(transfer, "run", side_effect=fake_transfer):
         again, _ = study.run(config, copy, log=lambda *_: None)
     assert sorted(computed) == [("dense", "pgd", 0.02), ("round_01", "pgd", 0.02),
                                 ("round_02", "pgd", 0.02)]
-    unchanged = [r for r in again if r["regime"] == "standard"]
-    assert unchanged == [r for r in rows if r["regime"] == "standard"]
+    unchanged = [r for r in again if r.regime == "standard"]
+    assert unchanged == [r for r in rows if r.regime == "standard"]
 
 
 def test_export_version_holding_another_selection_is_kept(tiny_study, tmp_path):
@@ -364,12 +383,12 @@ def test_evaluate_export_and_imp_binaries_on_study_outputs(tiny_study, tmp_path,
                                                           read_only_copy):
     workdir, rows, _ = tiny_study
     cell = _cell(workdir, "pgd", 2)
-    row = next(r for r in rows if r["cell"] == os.path.relpath(cell, workdir))
+    row = next(r for r in rows if r.cell == os.path.relpath(cell, workdir))
     out = subprocess.run([sys.executable, os.path.join(REPO, "trainers", "evaluate.py"),
                           f"--run={cell}", "--split=test", "--steps=2", "--checkpoint=ra"],
                          capture_output=True, text=True, timeout=300, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert f"best-RA checkpoint on test: SA {row['ra_ckpt_test_sa']:.2f}%" in out.stdout
+    assert f"best-RA checkpoint on test: SA {row.ra_ckpt_test_sa:.2f}%" in out.stdout
     out = subprocess.run([sys.executable, os.path.join(REPO, "trainers", "export.py"),
                           f"--checkpoint={cell}", f"--export_dir={tmp_path / 'serving'}",
                           "--version=4"], capture_output=True, text=True, timeout=300, cwd=REPO)
@@ -507,8 +526,7 @@ def test_study_killed_anywhere_resumes_to_an_uninterrupted_runs_results(tiny_stu
 # ------------------------------------------------------ seeds, baselines, audit
 
 def _rows_over_seeds(ticket, values, sparsity=0.0):
-    return [dict(_row(ticket, regime, sa, ra, sparsity), seed=seed,
-                 method="dense" if ticket == "dense" else "imp")
+    return [_row(ticket, regime, sa, ra, sparsity, seed=seed)
             for seed, (sa, ra) in enumerate(values, start=1) for regime in report.REGIMES]
 
 
@@ -525,10 +543,9 @@ def test_seeds_are_averaged_and_the_std_rule_uses_the_dense_spread():
     assert "rule `std`" in text and "Seeds: 1, 2, 3 (values: mean ± sample standard" in text
     assert "| dense | | 0.00% | 82.00 ± 2.00 | 41.00 ± 1.00 |" in text
     # The export takes, among the seeds, the run with the best validation RA.
-    for r in rows:
-        r["val_ra"] = {1: 30.0, 2: 35.0, 3: 31.0}[r["seed"]]
+    rows = [dataclasses.replace(r, val_ra={1: 30.0, 2: 35.0, 3: 31.0}[r.seed]) for r in rows]
     row, _ = report.choose_export(rows, report.analyze(rows, 0.0, "std"))
-    assert (row["ticket"], row["regime"], row["seed"]) == ("round 6", "adversarial", 2)
+    assert (row.ticket, row.regime, row.seed) == ("round 6", "adversarial", 2)
 
 
 def test_seeds_give_per_seed_cells(tiny_study, tmp_path):
@@ -543,17 +560,16 @@ def test_seeds_give_per_seed_cells(tiny_study, tmp_path):
         calls.append((os.path.basename(ticket) if ticket else "dense", spec.mode, spec.seed,
                       cell))
         best = train.CheckpointResult("best_sa", 0, 50.0, 20.0, 40.0 + spec.seed, 20.0)
-        return train.TrainResult(cell, 1, best, dataclasses.replace(best, checkpoint="best_ra"),
-                                 None, {}, 0.0, 0.0)
+        return _fake_result(cell, best)
     with mock.patch.object(train, "_train", side_effect=AssertionError("retrained")), \
             mock.patch.object(transfer, "run", side_effect=fake_transfer):
         again, _ = study.run(config, copy, log=lambda *_: None)
     # Seed 1's cells are the finished ones; seed 7 gets a cell of its own per transfer.
     assert sorted(c[:3] for c in calls) == sorted(
         (t, m, 7) for t in ("dense", "round_01", "round_02") for m in ("standard", "pgd"))
-    old_cells = {os.path.join(copy, r["cell"]) for r in rows}
+    old_cells = {os.path.join(copy, r.cell) for r in rows}
     assert not {c[3] for c in calls} & old_cells and len({c[3] for c in calls}) == 6
-    assert sorted({r["seed"] for r in again}) == [1, 7] and len(again) == 12
+    assert sorted({r.seed for r in again}) == [1, 7] and len(again) == 12
     assert "Seeds: 1, 7 (values: mean ± sample standard deviation" in open(
         os.path.join(copy, "report.md")).read()
 
@@ -579,7 +595,7 @@ def test_baselines_reach_the_exact_sparsity_and_flow_through_transfer(tiny_study
         assert sum(int((~m).sum()) for m in masks.values()) == sum(
             int((~m).sum()) for m in imp_masks.values())
         assert any((masks[n] != imp_masks[n]).any() for n in masks)
-        assert {(r["regime"], r["sparsity"]) for r in rows if r["method"] == method} == {
+        assert {(r.regime, r.sparsity) for r in rows if r.method == method} == {
             ("standard", meta["sparsity"]), ("adversarial", meta["sparsity"])}
     (group,) = summary.values()
     assert [v["method"] for v in group["tickets"]] == ["imp", "omp", "random"]
@@ -596,17 +612,15 @@ def test_audit_stage_and_binary(tiny_study, tmp_path):
     config.audit.enabled = True
     with mock.patch.object(train, "_train", side_effect=AssertionError("retrained")):
         audited, _ = study.run(config, copy, log=lambda *_: None)
-    with_audit = [r for r in audited if "audit_worst_case_ra" in r]
-    assert {(r["method"], r["regime"]) for r in with_audit} == {
+    with_audit = [r for r in audited if r.audit]
+    assert {(r.method, r.regime) for r in with_audit} == {
         ("dense", "standard"), ("dense", "adversarial"), ("imp", "adversarial")}
-    for r in with_audit:
-        assert r["audit_worst_case_ra"] <= min(r[f"audit_{a}_ra"] for a in report.AUDIT_ATTACKS)
     info = json.load(open(os.path.join(copy, "export", "1", "assets", "ticket.json")))
     assert info["audit"]["examples"] == 50 and info["audit"]["attacks"]["apgd_ce"]["steps"] == 5
     text = open(os.path.join(copy, "report.md")).read()
     assert "## Robustness audit" in text and "| APGD-CE | APGD-DLR | Square | worst case" in text
     # The binary, on a study cell; bad input is one line.
-    cell = os.path.join(copy, with_audit[0]["cell"])
+    cell = os.path.join(copy, with_audit[0].cell)
     out = subprocess.run([sys.executable, os.path.join(REPO, "trainers", "audit.py"),
                           f"--run={cell}", "--examples=20", "--apgd_steps=2",
                           "--square_queries=5"], capture_output=True, text=True, timeout=600,
@@ -674,7 +688,9 @@ def test_plan_commands_run_one_by_one_then_assemble(tiny_study, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     plan = json.loads(plan_file.read_text())
     cells = [c["cell"] for c in plan["cells"]]
-    assert cells[:2] == ["pretrain:adversarial", "imp:adversarial"] and len(cells) == 8
+    assert cells[0] == "pretrain:adversarial" and cells[3] == "imp:adversarial"
+    assert cells[-1] == "export" and len(cells) == 9
+    assert all(c["resources"]["gpus"] == 0 for c in plan["cells"])  # tiny: CPU jobs
     assert all(plan_file.with_suffix(".json.sh").read_text().count(c["command"]) == 1
                for c in plan["cells"])
     assert not workdir.exists()  # planning runs nothing
@@ -695,7 +711,7 @@ def test_plan_commands_run_one_by_one_then_assemble(tiny_study, tmp_path):
                              select=study.only(address))
         rows, summary = runner.run()
         assert summary is None
-        if address.startswith("transfer:"):
+        if address.startswith(("transfer:", "export")):
             assert runner.ran == [address]
         else:
             assert runner.ran == [] and address in runner.finished
@@ -713,7 +729,7 @@ def test_plan_commands_run_one_by_one_then_assemble(tiny_study, tmp_path):
     (["--shard=half"], r"--shard='half': write I/N"),
     (["--shard=0/2", "--cell=imp:adversarial"], "--shard and --cell: give at most one"),
     (["--cell=nope"], r"--cell='nope' is not a cell of this study; its cells are: "
-                      r"pretrain:adversarial, imp:adversarial"),
+                      r"pretrain:adversarial, transfer:adversarial:dense"),
 ])
 def test_bad_selections_are_one_line_errors(args, match, tmp_path):
     out = subprocess.run([sys.executable, "trainers/study.py", "--config=configs/study.py:tiny",
@@ -722,3 +738,179 @@ def test_bad_selections_are_one_line_errors(args, match, tmp_path):
     assert out.returncode == 2
     import re  # pylint: disable=import-outside-toplevel
     assert re.search(match, out.stderr.strip().splitlines()[-1]), out.stderr[-2000:]
+
+
+# --------------------------------------------------------- leases, launcher, status
+
+_CELL_LINE = ("[pretrain]", "[convert]", "[imp]", "[baseline]", "[transfer]")
+
+
+def _computed_cells(text):
+    """The cell directories named by the lines a process prints for cells it computes."""
+    return [line.rsplit("-> ", 1)[-1].strip() for line in text.splitlines()
+            if line.startswith(_CELL_LINE)]
+
+
+def test_two_processes_started_at_once_compute_every_cell_once(tiny_study, tmp_path):
+    reference, _, _ = tiny_study
+    workdir = tmp_path / "study"
+    command = [sys.executable, "trainers/study.py", "--config=configs/study.py:tiny",
+               f"--workdir={workdir}"]
+    procs = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=900) for p in procs]
+    for proc, (out, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err[-3000:]
+        assert "Traceback" not in err
+    computed = _computed_cells(outputs[0][0]) + _computed_cells(outputs[1][0])
+    # pretrain + imp + 6 transfers, each by exactly one process; both shared the work.
+    assert len(computed) == 8 and len(set(computed)) == 8, computed
+    assert all(_computed_cells(out) for out, _ in outputs)
+    assert "study: " in outputs[0][0] and " cells done" in outputs[0][0]
+    _nothing_half_written(workdir)
+    final = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert final.returncode == 0 and not _computed_cells(final.stdout)
+    assert (workdir / "results.csv").read_text() == open(
+        os.path.join(reference, "results.csv")).read()
+
+
+def test_a_killed_lease_holder_is_taken_over_and_the_cell_resumes(tiny_study, tmp_path):
+    reference, _, _ = tiny_study
+    workdir = tmp_path / "study"
+    worker = [sys.executable, os.path.join(REPO, "tests", "study_worker.py"),
+              f"--workdir={workdir}", "--stale_seconds=4"]
+    holder = subprocess.Popen(worker + ["--kill_at=pretrain", "--kill_after=3"], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not glob.glob(str(workdir / "cells" / "pretrain_*" / "lease.json")):
+        assert time.time() < deadline and holder.poll() is None, holder.stderr.read()[-3000:]
+        time.sleep(0.1)
+    other = subprocess.Popen(worker, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    holder.wait(timeout=600)
+    assert holder.returncode == -signal.SIGKILL
+    out, err = other.communicate(timeout=900)
+    assert other.returncode == 0, err[-3000:]
+    assert "pretrain:adversarial" in _ran(out)  # taken over from the dead holder
+    assert (workdir / "results.csv").read_text() == open(
+        os.path.join(reference, "results.csv")).read()
+
+
+def _cell_dir(workdir, address):
+    runner = study.Study(load_config("study", "tiny"), str(workdir), log=lambda *_: None)
+    return stages.resolve(runner.ctx, address).path
+
+
+def test_a_cell_held_by_another_process_is_refused_or_waited_for(tmp_path):
+    workdir = tmp_path / "study"
+    cell = _cell_dir(workdir, "pretrain:adversarial")
+    os.makedirs(cell)
+    owner = dict(leases.owner_record(), host="gpu-node-7", pid=4242, job="31337")
+    (pathlib.Path(cell) / leases.LEASE_FILE).write_text(json.dumps(owner))
+    base = [sys.executable, "trainers/study.py", "--config=configs/study.py:tiny",
+            f"--workdir={workdir}", "--cell=pretrain:adversarial"]
+    out = subprocess.run(base, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        "study: error: cell pretrain:adversarial is being computed by gpu-node-7:4242 (job "
+        "31337)")
+    out = subprocess.run(base + ["--wait", "--wait_timeout=3"], cwd=REPO, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 2 and "study: error: waited 3 s; still" in out.stderr
+    assert "held by gpu-node-7:4242" in out.stderr and "Traceback" not in out.stderr
+    status = subprocess.run([sys.executable, "trainers/study.py",
+                             "--config=configs/study.py:tiny", f"--workdir={workdir}",
+                             "--status"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert status.returncode == 0, status.stderr[-2000:]
+    assert "0/9 cells done" in status.stdout and "1 running" in status.stdout
+    assert "running: pretrain:adversarial -- gpu-node-7:4242 (job 31337)" in status.stdout
+    assert "transfer  2 waiting" in status.stdout or "6 waiting" in status.stdout
+
+
+def test_status_of_a_finished_study(tiny_study):
+    workdir, _, _ = tiny_study
+    out = subprocess.run([sys.executable, "trainers/study.py", "--config=configs/study.py:tiny",
+                          f"--workdir={workdir}", "--status"], cwd=REPO, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"{workdir}: 9/9 cells done" in out.stdout and "transfer  6 done" in out.stdout
+
+
+def test_the_local_launcher_runs_each_cell_once_and_resubmits_a_killed_job(tiny_study,
+                                                                          tmp_path):
+    reference, _, _ = tiny_study
+    workdir = tmp_path / "study"
+    command = [sys.executable, "trainers/study.py", "--config=configs/study.py:tiny",
+               f"--workdir={workdir}", "--launcher=submitit", "--config.launcher.cluster=local",
+               "--config.launcher.max_parallel=2",
+               "--config.transfer.adversarial.checkpoint_every_steps=1"]
+    launcher_proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+    # Kill the job computing the first adversarial transfer once it has a step checkpoint.
+    deadline, killed = time.time() + 600, None
+    while killed is None and time.time() < deadline and launcher_proc.poll() is None:
+        for state in glob.glob(str(workdir / "cells" / "transfer_*" / "checkpoints" /
+                                   "checkpoint")):
+            cell = os.path.dirname(os.path.dirname(state))
+            lease = os.path.join(cell, leases.LEASE_FILE)
+            if os.path.exists(lease):
+                pid = json.load(open(lease))["pid"]
+                os.kill(pid, signal.SIGKILL)
+                killed = cell
+                break
+        time.sleep(0.1)
+    out, err = launcher_proc.communicate(timeout=1800)
+    assert launcher_proc.returncode == 0, err[-3000:]
+    assert killed, out[-3000:]
+    assert "resubmitting (attempt 2)" in out
+    logs = "".join(open(p).read() for p in glob.glob(str(workdir / "jobs" / "*_log.out")))
+    computed = _computed_cells(logs)
+    counts = collections.Counter(computed)  # every cell once; the killed one twice
+    assert len(counts) == 8 and counts[killed] == 2  # the killed cell: started twice
+    assert all(n == 1 for cell, n in counts.items() if cell != killed)
+    assert (workdir / "results.csv").read_text() == open(
+        os.path.join(reference, "results.csv")).read()
+
+
+def test_slurm_jobs_get_their_resources_and_afterok_dependencies(tmp_path, monkeypatch):
+    """No SLURM cluster is reachable here: a stand-in `sbatch` records what submitit's own
+    SlurmExecutor submits, and the jobs are read back through submitit's API."""
+    import submitit  # pylint: disable=import-outside-toplevel
+    from dwlt_tf import launcher  # pylint: disable=import-outside-toplevel
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(
+        "#!/bin/sh\nn=$(cat \"$0.count\" 2>/dev/null || echo 1000)\nn=$((n + 1))\n"
+        "echo $n > \"$0.count\"\necho \"Submitted batch job $n\"\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit checks it exists
+    (bin_dir / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    config = load_config("study", "tiny")
+    config.launcher.update(dict(cluster="slurm", partition="gpu-test", gpus_per_cell=1,
+                                cpus_per_cell=8, mem_gb=32, timeout_min=120,
+                                slurm={"account": "robust-lab"}))
+    workdir = str(tmp_path / "study")
+    jobs = launcher.launch(config, study.study_spec(config), workdir, log=lambda *_: None)
+    graph = study.Study(config, workdir, log=lambda *_: None).graph
+    assert set(jobs) == set(graph.cells) | {launcher.ASSEMBLE}
+    for address, job in jobs.items():
+        script = job.paths.submission_file.read_text()
+        assert "#SBATCH --partition=gpu-test" in script and "#SBATCH --account=robust-lab" in script
+        assert "#SBATCH --time=120" in script and "#SBATCH --cpus-per-task=8" in script
+        assert "submitit.core._submit" in script
+        if address != launcher.ASSEMBLE:
+            assert "#SBATCH --gpus-per-node=1" in script
+            delayed = job.submission()  # the pickled job, as the node will run it
+            assert isinstance(delayed.function, launcher.CellJob)
+            assert delayed.function.address == address and delayed.function.workdir == workdir
+        needs = graph[address].needs if address != launcher.ASSEMBLE else tuple(graph.cells)
+        ids = sorted(jobs[n].job_id for n in needs)
+        if ids:
+            assert f"#SBATCH --dependency=afterok:{':'.join(ids)}" in script, (address, script)
+        else:
+            assert "--dependency" not in script
+    # Dense transfers: one array after the pre-training; the tickets' transfers another.
+    dense = [jobs[c.address].job_id for c in graph.of_kind("transfer") if c.method == "dense"]
+    assert len({i.split("_")[0] for i in dense}) == 1 and all("_" in i for i in dense)
+    assert isinstance(jobs["pretrain:adversarial"], submitit.SlurmJob)

@@ -152,7 +152,7 @@ def test_bad_runs_fail_before_any_work(tmp_path, splits):
     with pytest.raises(ValueError, match="batch_size=33 is not divisible by the 2 replicas"):
         train.fit(_model_fn(splits), splits, spec, str(tmp_path / "a"),
                   mirrored_strategy())
-    with pytest.raises(ValueError, match="eps must be a float in"):
+    with pytest.raises(ValueError, match="attack.eps=2.0: must be a number in"):
         train.TrainSpec(mode="pgd", attack=attacks.Attack(2.0, 0.1, 3))
     empty = dataclasses.replace(splits, train=data.Split(splits.train.table,
                                                           splits.train.positions[:0]))
@@ -251,6 +251,33 @@ def test_two_worker_multi_worker_mirrored_strategy(tmp_path):
     assert not set(read[0]) & set(read[1])
     assert sorted(read[0] + read[1]) == list(range(num_train))
     assert abs(len(read[0]) - len(read[1])) <= 1
+    # The same two workers as the two tasks of one SLURM job step on this host: the
+    # strategy comes from TensorFlow's SlurmClusterResolver (no TF_CONFIG), same results.
+    port = _free_ports(1)[0]
+    while not all(_port_free(p) for p in (port, port + 1)):
+        port = _free_ports(1)[0]
+    slurm = tmp_path / "slurm"
+    procs = []
+    for rank in range(2):
+        env = {"SLURM_JOB_ID": "4242", "SLURM_PROCID": str(rank), "SLURM_STEP_NUM_TASKS": "2",
+               "SLURM_STEP_NODELIST": "localhost", "SLURM_STEP_TASKS_PER_NODE": "2",
+               "DWLT_SLURM_PORT_BASE": str(port)}
+        procs.append(_run_worker(slurm, "--strategy=auto", "--epochs=1", "--data_rate=0.1",
+                                 env=env, wait=False, log=f"task-{rank}.log"))
+    for proc in procs:
+        _wait(proc)
+    c = np.load(slurm / "final-worker-0.npz")
+    for key in a.files:
+        np.testing.assert_array_equal(a[key], c[key], err_msg=key)
+
+
+def _port_free(port):
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 @pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])

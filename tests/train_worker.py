@@ -36,7 +36,7 @@ def main(argv):
     del argv
     runtime.configure(deterministic=True)
     strategy = runtime.strategy(FLAGS.strategy)
-    sync = FLAGS.strategy == "multi_worker"
+    sync = runtime.multi_worker(strategy)  # TF_CONFIG or SLURM: several workers
     splits = data.load(data.DataSpec("imagefolder", path=ROOT, image_size=32, augment="cifar",
                                      stats="cifar10", classes=(0, 1, 2, 3, 4),
                                      data_rate=FLAGS.data_rate))
@@ -71,9 +71,9 @@ def main(argv):
         import time  # pylint: disable=import-outside-toplevel
         original = train.TrainingRun._train_step  # pylint: disable=protected-access
 
-        def slow(self, iterator):
+        def slow(self, iterator, stop=None):
             import tensorflow as tf  # pylint: disable=import-outside-toplevel
-            out = original(self, iterator)
+            out = original(self, iterator, stop)
             tf.py_function(lambda: time.sleep(FLAGS.slow_ms / 1000), [], [])
             return out
         train.TrainingRun._train_step = slow  # pylint: disable=protected-access

@@ -14,7 +14,7 @@ import os
 
 from absl import app, flags
 
-from dwlt_tf import attacks, audit, cli, data, errors, export, files, transfer
+from dwlt_tf import audit, cli, data, errors, export, files, runs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("run", None, "A finished transfer run (trainers/transfer.py or a study cell).")
@@ -37,28 +37,18 @@ def main(argv):
                                      "--export=<export version directory>")
         spec = audit.AuditSpec(FLAGS.eps, FLAGS.apgd_steps, FLAGS.square_queries,
                                FLAGS.examples, FLAGS.seed, FLAGS.batch_size)
-        info = None
+        model = None
         if FLAGS.export:
-            info = export.exported_info(os.path.dirname(os.path.abspath(FLAGS.export)),
-                                        os.path.basename(os.path.normpath(FLAGS.export)))
-            if info is None:
-                raise errors.ConfigError(f"--export={FLAGS.export!r} is not an export "
-                                         "version directory (no assets/ticket.json)")
-            run = transfer.open_run(info["source_run"]["path"], FLAGS.data_dir)
+            info, loaded = export.open_export(FLAGS.export)
+            source = (info.get("source_run") or {}).get("path")
+            if not source:
+                raise errors.ConfigError(f"--export={FLAGS.export!r}: its ticket.json names no "
+                                         "source run (exported by an older dwlt_tf)")
+            run = runs.open_run(source, FLAGS.data_dir)
+            model = audit.saved_model_logits(loaded)
         else:
-            run = transfer.open_run(FLAGS.run, FLAGS.data_dir)
-        splits = data.load(run.dataset)
-        if FLAGS.export:
-            model = audit.saved_model_logits(os.path.abspath(FLAGS.export))
-        else:
-            model, _, _ = transfer.load_best(run, "ra", splits)
-        attack = run.result.eval_attack or {}
-        if not attack:
-            raise errors.ConfigError(f"run {run.path!r} measured no RA (no evaluation attack)")
-        pgd = attacks.Attack(attack["eps"], attack["step_size"], attack["steps"],
-                             attack["random_start"])
-        result = audit.audit_split(model, splits, FLAGS.split, spec, pgd,
-                                   noise_seed=run.identity["train"].get("seed", 1))
+            run = runs.open_run(FLAGS.run, FLAGS.data_dir)
+        result = audit.audit_run(run, data.load(run.dataset), FLAGS.split, spec, model)
     if FLAGS.export:
         export.add_audit(os.path.abspath(FLAGS.export), result.to_json())
         where = os.path.join(FLAGS.export, "assets", export.TICKET_ASSET)

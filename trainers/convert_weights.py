@@ -10,7 +10,7 @@ take that directory as their initial weights.
 """
 from absl import app, flags
 
-from dwlt_tf import cli, convert, models
+from dwlt_tf import cli, convert, errors, models
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "PyTorch checkpoint (.pth/.pt/.ckpt) to convert.")
@@ -26,8 +26,11 @@ def main(argv):
     del argv
     with cli.reported("convert_weights"):
         mean, std = cli.float_triple("mean", FLAGS.mean), cli.float_triple("std", FLAGS.std)
+        if std is not None and min(std) <= 0:
+            raise errors.ConfigError(f"--std={','.join(FLAGS.std)}: must be positive")
+        output = cli.new_output("output", FLAGS.output)
         converted = convert.convert(FLAGS.checkpoint, FLAGS.arch, FLAGS.stem, mean, std)
-        out = convert.save_converted(FLAGS.output, converted)
+        out = convert.save_converted(output, converted)
     meta = converted.meta
     print(f"{meta['format']} checkpoint -> {out}\n  {meta['arch']} ({meta['stem']} stem), "
           f"{meta['num_classes']} classes, normalization from {meta['normalization']}"

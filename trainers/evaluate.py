@@ -4,9 +4,9 @@ r"""SA and RA (PGD) of a finished transfer run's best checkpoints on any split.
 """
 from absl import app, flags
 
-from dwlt_tf import cli
+from dwlt_tf import checks, cli
 from dwlt_tf import config as cfg
-from dwlt_tf import data, evaluate, report, train, transfer
+from dwlt_tf import data, evaluate, report, runs, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("run", None, "Workdir of a transfer run (trainers/transfer.py or a study cell).")
@@ -23,12 +23,14 @@ flags.mark_flag_as_required("run")
 def main(argv):
     del argv
     with cli.reported("evaluate"):
+        checks.positive_int("--batch_size", FLAGS.batch_size)
+        checks.non_negative_int("--steps", FLAGS.steps)
         attack = cfg.attack_spec({"eps": FLAGS.eps, "step_size": FLAGS.step_size,
                                   "steps": FLAGS.steps}, "flags") if FLAGS.steps else None
-        run = transfer.open_run(FLAGS.run, FLAGS.data_dir)
+        run = runs.open_run(FLAGS.run, FLAGS.data_dir)
         splits = data.load(run.dataset)
         for which in (("sa", "ra") if FLAGS.checkpoint == "both" else (FLAGS.checkpoint,)):
-            model, _, _ = transfer.load_best(run, which, splits)
+            model, _, _ = runs.load_best(run, which, splits)
             acc = evaluate.evaluate(model, splits, FLAGS.split, FLAGS.batch_size, attack)
             print(f"best-{which.upper()} checkpoint on {FLAGS.split}: SA {acc.sa:.2f}%"
                   + (f", RA {acc.ra:.2f}% ({report.attack_label(train.attack_description(attack))})"

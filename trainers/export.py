@@ -10,7 +10,7 @@ SavedModel's size and gzip size.
 """
 from absl import app, flags
 
-from dwlt_tf import cli, data, export, transfer
+from dwlt_tf import checks, cli, data, export, runs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Transfer run directory.")
@@ -25,8 +25,11 @@ flags.mark_flags_as_required(["checkpoint", "export_dir"])
 def main(argv):
     del argv
     with cli.reported("export"):
-        run = transfer.open_run(FLAGS.checkpoint, FLAGS.data_dir)
-        path, info = export.export_run(run, FLAGS.export_dir, FLAGS.version, FLAGS.weights,
+        checks.positive_int("--version", FLAGS.version)
+        export_dir = cli.output_dir("export_dir", FLAGS.export_dir, writable=True)
+        export.check_version_free(export_dir, FLAGS.version)
+        run = runs.open_run(FLAGS.checkpoint, FLAGS.data_dir)
+        path, info = export.export_run(run, export_dir, FLAGS.version, FLAGS.weights,
                                        FLAGS.tflite, splits=data.load(run.dataset))
     print(f"SavedModel: {path}\n  sparsity {100 * info['sparsity']:.2f}%, "
           f"{info['saved_model_bytes']:,} bytes, gzip {info['saved_model_gzip_bytes']:,} bytes")

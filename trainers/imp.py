@@ -26,13 +26,14 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     del argv
     with cli.reported("imp"):
+        workdir = cli.output_dir("workdir", FLAGS.workdir)
         config, dataset, spec = cli.training_config(FLAGS.config, FLAGS.data_dir,
                                                     ("imp", "train", "dataset", "runtime"))
         imp_spec = cfg.imp_spec(config.imp)
-        meta = convert.load_meta(FLAGS.pretrained)
+        meta = convert.load_converted(FLAGS.pretrained).meta  # loads: damaged weights fail now
         strategy = cli.setup(config)
         paths = imp.run(lambda: convert.load_converted(FLAGS.pretrained).model,
-                        data.load(dataset), spec, imp_spec, FLAGS.workdir, strategy,
+                        data.load(dataset), spec, imp_spec, workdir, strategy,
                         meta={"source_sha256": meta["source_sha256"], "arch": meta["arch"],
                               "config": cfg.to_dict(config)},
                         pretrained=convert.weights_identity(meta), overwrite=FLAGS.overwrite)

@@ -9,11 +9,9 @@ r"""One-shot baseline tickets of pre-trained weights: OMP (global magnitude) or 
 layers: every conv); --sparsity a fraction. The output is a ticket directory (masks.npz
 + ticket.json, never overwritten) that trainers/transfer.py --ticket takes.
 """
-import os
-
 from absl import app, flags
 
-from dwlt_tf import cli, convert, errors, imp, tickets
+from dwlt_tf import checks, cli, errors, imp, tickets, transfer
 
 FLAGS = flags.FLAGS
 cli.define_weights_flags()
@@ -32,16 +30,15 @@ def main(argv):
             raise errors.ConfigError("give exactly one of --like=<ticket> and --sparsity")
         if FLAGS.sparsity is not None and not 0.0 <= FLAGS.sparsity < 1.0:
             raise errors.ConfigError(f"--sparsity={FLAGS.sparsity}: must be in [0, 1)")
-        if os.path.exists(FLAGS.output):
-            raise errors.OutputExistsError(f"--output={FLAGS.output!r} exists; tickets "
-                                               "are never overwritten")
-        pruned = None
-        if FLAGS.like:
-            masks, _ = tickets.load(FLAGS.like)
-            pruned = sum(int(m.size - m.sum()) for m in masks.values())
-        meta = convert.load_meta(FLAGS.pretrained)
-        path = imp.baseline_ticket(lambda: convert.load_converted(FLAGS.pretrained).model,
-                                   FLAGS.method, FLAGS.output, pruned=pruned,
+        checks.seed("--seed", FLAGS.seed)
+        output = cli.new_output("output", FLAGS.output)
+        # The weights must load and a --like ticket must fit them (its zero count on
+        # another architecture would give a baseline at a meaningless sparsity).
+        source, masks, _ = transfer.load_inputs(FLAGS.pretrained, FLAGS.like)
+        pruned = sum(int(m.size - m.sum()) for m in masks.values()) if masks else None
+        meta = source.meta
+        path = imp.baseline_ticket(lambda: source.model,
+                                   FLAGS.method, output, pruned=pruned,
                                    sparsity=FLAGS.sparsity, seed=FLAGS.seed,
                                    meta={"source_sha256": meta["source_sha256"],
                                          "arch": meta["arch"], "like": FLAGS.like})

@@ -24,16 +24,17 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     del argv
     with cli.reported("transfer"):
+        workdir = cli.output_dir("workdir", FLAGS.workdir)
         config, dataset, spec = cli.training_config(FLAGS.config, FLAGS.data_dir,
                                                     ("dataset", "train", "runtime", "seeds"))
         seeds = cli.seeds(config)
         strategy = cli.setup(config)
         if seeds:
             results = transfer.run_seeds(FLAGS.pretrained, FLAGS.ticket, dataset, spec, seeds,
-                                         FLAGS.workdir, strategy, overwrite=FLAGS.overwrite)
+                                         workdir, strategy, overwrite=FLAGS.overwrite)
         else:
             results = [transfer.run(FLAGS.pretrained, FLAGS.ticket, dataset, spec,
-                                    FLAGS.workdir, strategy, overwrite=FLAGS.overwrite)]
+                                    workdir, strategy, overwrite=FLAGS.overwrite)]
     for seed, result in zip(seeds or [spec.seed], results):
         for best in (result.best_sa, result.best_ra):
             print(f"seed {seed}, {best.checkpoint} checkpoint (epoch {best.epoch + 1}): test "

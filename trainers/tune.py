@@ -29,13 +29,14 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     del argv
     with cli.reported("tune"):
+        workdir = cli.output_dir("workdir", FLAGS.workdir)
         config, dataset, spec = cli.training_config(FLAGS.config, FLAGS.data_dir,
                                                     ("dataset", "train", "runtime", "tune"))
         tune.validate(config.tune, spec)
         tune.role()  # a half-configured distributed mode is bad input, named now
         strategy = cli.setup(config)
         rows, best, tuner = tune.search(FLAGS.pretrained, FLAGS.ticket, dataset, spec,
-                                        config.tune, FLAGS.workdir, strategy,
+                                        config.tune, workdir, strategy,
                                         overwrite=FLAGS.overwrite)
     if best is None:  # a distributed-mode worker: the chief writes the outputs
         print(f"tuner {tuner.tuner_id}: ran trials {tuner.trials_run_this_call or 'none'}; "
