@@ -29,10 +29,10 @@ Variants:
 
     python trainers/study.py --config=configs/study.py:quickstart --workdir=runs/quickstart
 
-* `audit`: the quickstart plus the robustness audit (APGD-CE and APGD-DLR with 100
-  iterations, Square with 1,000 queries, on the 500 test images) of the dense models and
-  the exported ticket. Its cells are the quickstart's, so after the quickstart it only
-  audits (~12 minutes more on 2 CPU cores):
+* `audit`: the quickstart plus the robustness audit -- AutoAttack's standard version:
+  APGD-CE, APGD-T and FAB-T with 100 iterations, Square with 5,000 queries, on the 500
+  test images -- of the dense models and the exported ticket. Its cells are the
+  quickstart's, so after the quickstart it only audits:
 
     python trainers/study.py --config=configs/study.py:audit --workdir=runs/quickstart
 
@@ -44,8 +44,8 @@ the dense model) or `std` (within one standard deviation of the dense model over
 seeds); `pruning.methods` -- `imp` plus the baselines `omp` (one-shot magnitude pruning
 of the pre-trained weights) and `random`, each at the exact sparsity of the IMP tickets
 in `pruning.rounds` (empty: every transferred round); `audit` -- the robustness audit
-(`dwlt_tf/audit.py`, needs `pip install '.[audit]'`). `paper` uses 3 seeds, the `std`
-rule, both baselines at every ticket and the audit with Square's 5,000 queries (x3 the
+(`dwlt_tf/audit.py`, AutoAttack). `paper` uses 3 seeds, the `std`
+rule, both baselines at every ticket and the standard AutoAttack audit (x3 the
 transfer runs of IMP alone: narrow with --config.pruning.rounds=8,11). The quickstart
 uses one seed (with the `tolerance` rule at 0 points) and the baselines at its sparsest
 ticket, to stay within ~15 minutes.
@@ -106,9 +106,11 @@ def _paper():
     config.seeds = (1, 2, 3)
     config.pruning = ml_collections.ConfigDict(dict(methods=("imp", "omp", "random"),
                                                     rounds=(), seed=0))
+    # AutoAttack's standard version (dwlt_tf/audit.py): APGD-CE, APGD-T, FAB-T, Square.
     config.audit = ml_collections.ConfigDict(dict(
-        enabled=True, eps=ml_collections.config_dict.placeholder(float), apgd_steps=100,
-        square_queries=5000, examples=0, seed=0, batch_size=256))
+        enabled=True, version="standard", eps=ml_collections.config_dict.placeholder(float),
+        apgd_steps=100, fab_steps=100, target_classes=9, square_queries=5000,
+        square_p_init=0.8, examples=0, seed=0, batch_size=256))
     # Cells are computed under leases (any number of processes share a workdir): a holder
     # refreshes its lease every heartbeat; one silent for stale_seconds is taken over.
     config.leases = ml_collections.ConfigDict(dict(heartbeat_seconds=30.0, stale_seconds=300.0))
@@ -163,7 +165,7 @@ def _miniature(epochs, imp_epochs, pretrain_epochs, rounds, eval_steps, train_st
     config.report.rule = "tolerance"  # one seed: no spread for the `std` rule to use
     config.seeds = (1,)
     config.pruning.rounds = (rounds,)  # baselines at the sparsest ticket only
-    config.audit.update(dict(enabled=False, square_queries=1000, batch_size=250))
+    config.audit.update(dict(enabled=False, batch_size=250))
     config.launcher.update(dict(gpus_per_cell=0, cpus_per_cell=2, mem_gb=4, timeout_min=60,
                                 max_parallel=2))
     return config
@@ -184,6 +186,7 @@ def get_config(variant="quickstart"):
         config.pretrainings.adversarial.init = ""
         config.downstream.data_rates = (0.2,)
         config.pruning.methods = ("imp",)
-        config.audit.update(dict(apgd_steps=5, square_queries=20, examples=50))
+        config.audit.update(dict(apgd_steps=5, fab_steps=3, target_classes=2,
+                                 square_queries=20, examples=50))
         return config
     raise ValueError(f"Unknown variant {variant!r}: paper, quickstart, audit or tiny")

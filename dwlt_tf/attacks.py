@@ -41,7 +41,6 @@ import numpy as np
 
 import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import tensorflow as tf
-import tf_keras
 from cleverhans.tf2.utils import clip_eta, compute_gradient, optimize_linear
 
 from dwlt_tf import checks, runtime
@@ -115,14 +114,6 @@ def scaled_cross_entropy(per_example):
     return loss_fn
 
 
-def computes_in_float16(model):
-    """True when some layer of `model` computes in float16 (`mixed_float16`)."""
-    if not isinstance(model, tf_keras.Model):
-        return getattr(model, "compute_dtype", "float32") == "float16"
-    return any(layer.compute_dtype == "float16" for layer in model.submodules
-               if isinstance(layer, tf_keras.layers.Layer))
-
-
 def _pgd(model_fn, images, labels, eps, step_size, steps, random_start, noise,
          loss_fn=tf.nn.sparse_softmax_cross_entropy_with_logits):
     images = tf.convert_to_tensor(images, tf.float32)
@@ -145,8 +136,6 @@ def _pgd(model_fn, images, labels, eps, step_size, steps, random_start, noise,
 
 def _attack(model, images, labels, eps, step_size, steps, random_start, noise, training,
             scale_loss, snapshot):
-    if scale_loss is None:
-        scale_loss = computes_in_float16(model)
     loss_fn = (scaled_cross_entropy(per_example=not training) if scale_loss
                else tf.nn.sparse_softmax_cross_entropy_with_logits)
     # The weights do not change during the attack: the engine's `snapshot` (e.g.
@@ -188,7 +177,7 @@ def _compiled(model, *settings, with_noise, jit_compile):
 
 
 def pgd_attack(model, images, labels, eps, step_size, steps, random_start=True,
-               noise=None, training=False, scale_loss=None, snapshot=None):
+               noise=None, training=False, scale_loss=False, snapshot=None):
     """L-inf PGD adversarial examples (NHWC float32 in [0, 1]).
 
     Args:
@@ -202,7 +191,8 @@ def pgd_attack(model, images, labels, eps, step_size, steps, random_start=True,
       training: run the model in training mode (BatchNorm batch statistics and running
         statistic updates, as the reference's training-time attacks).
       scale_loss: scale the loss by powers of two so float16 input gradients cannot
-        underflow (`scaled_cross_entropy`); None: when the model computes in float16.
+        underflow (`scaled_cross_entropy`): the engine passes True for models computing
+        in float16 (`mixed_float16`).
       snapshot: `snapshot(model)` -> a context within which the model runs on weights
         prepared once for the whole attack (the engine passes
         `pruning_wrapper.kernel_snapshot`: masked kernels computed once); None: none.
@@ -223,7 +213,7 @@ def pgd_attack(model, images, labels, eps, step_size, steps, random_start=True,
 
 
 def attack_batch(model, attack: Attack, images, labels, noise=None, training=False,
-                 scale_loss=None, snapshot=None):
+                 scale_loss=False, snapshot=None):
     """`pgd_attack` with an `Attack` (preset) instead of separate numbers."""
     return pgd_attack(model, images, labels, attack.eps, attack.step_size, attack.steps,
                       attack.random_start, noise, training, scale_loss, snapshot)

@@ -1,21 +1,27 @@
 """Robustness audit: is an RA real, or is the gradient masked?
 
-RA in this project is measured with the PGD that training uses (PGD-20 by default). A
-reviewer asks whether a stronger or different attack breaks the model where PGD did not.
-`audit` runs, on the same examples at the same eps, with IBM's Adversarial Robustness
-Toolbox (ART; `pip install '.[audit]'`):
+RA in this project is measured with the PGD that training uses (PGD-20 by default). The
+audit attacks the same examples at the same eps with AutoAttack (`autoattack.py`):
 
-* `pgd`: the run's own evaluation attack (CleverHans PGD, `attacks.py`), for reference;
-* `apgd_ce`, `apgd_dlr`: AutoAttack's white-box pair, APGD on the cross-entropy and on
-  the difference-of-logits-ratio loss (>= 100 iterations by default);
-* `square`: the black-box Square attack with a query budget (`square_queries`).
+* `standard` (default): AutoAttack's standard version, the RobustBench protocol --
+  APGD-CE (100 iterations), APGD-T (targeted DLR, 100 iterations, 9 target classes or
+  classes - 1), FAB-T (targeted, 100 iterations, 9 targets) and Square (5,000 queries,
+  p_init 0.8), each on the examples every earlier one left correctly classified;
+* `fast` (labelled so everywhere): APGD-CE, untargeted APGD-DLR and Square with
+  `square_queries` (1,000 in the quickstart's audit) -- cheaper, weaker.
 
-An example counts as robust only if every attack leaves it correctly classified: the
-per-example worst case, whose RA is never above any single attack's. Possible gradient
-masking is flagged when the black-box attack succeeds where every white-box attack failed
-on >= 1 % of the examples, or when the worst-case RA is more than 10 points below PGD's.
-All attacks are L-inf, stay inside the eps-ball and [0, 1] (checked), and run the model in
-inference mode; randomness is seeded (`AuditSpec.seed`).
+The run's own PGD is run too, on every example, for reference. Per example: robust to
+AutoAttack when no attack of the sequence broke it (any misclassified iterate inside the
+eps-ball counts: best-iterate bookkeeping); the worst case is robust to AutoAttack *and*
+to PGD. Reported per attack: the RA left after it in the sequence. Possible gradient
+masking is flagged when the black-box Square breaks >= 1 % of the examples every
+white-box attack left correctly classified, or when the worst-case RA is more than 10
+points below PGD's.
+
+Memory does not grow with the audited split: examples are read, attacked and counted
+`batch_size` at a time (every forward and gradient call is batched). All attacks run in
+inference mode, stay inside the eps-ball and [0, 1] (checked); randomness is seeded
+(`AuditSpec.seed`).
 """
 import dataclasses
 from typing import Callable, Dict, List, Optional
@@ -26,46 +32,60 @@ import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import tensorflow as tf
 import tf_keras
 
-from dwlt_tf import attacks, checks, errors, folding, identity, pipeline, runs
+from dwlt_tf import attacks, autoattack, checks, errors, folding, identity, pipeline, preemption
+from dwlt_tf import runs
 
-ATTACKS = ("pgd", "apgd_ce", "apgd_dlr", "square")
-WHITE_BOX = ("pgd", "apgd_ce", "apgd_dlr")
+VERSIONS = ("standard", "fast")
 BLACK_BOX_ONLY_THRESHOLD = 1.0   # percent of examples
 WORST_CASE_GAP_THRESHOLD = 10.0  # points of RA
+SEQUENCE = {"standard": ("apgd_ce", "apgd_t", "fab_t", "square"),
+            "fast": ("apgd_ce", "apgd_dlr", "square")}
 
 
 @dataclasses.dataclass(frozen=True)
 class AuditSpec:
     """How hard to audit (the `audit` section of a study config, the audit binary's flags).
 
-    eps: L-inf budget in [0, 1]; None = the evaluation eps of the audited run.
-    apgd_steps: iterations of each APGD attack. square_queries: Square's query budget.
-    examples: audit the first N examples of the split (0: all).
+    version: "standard" (AutoAttack's) or "fast". eps: L-inf budget in [0, 1]; None = the
+    evaluation eps of the audited run. apgd_steps / fab_steps: iterations. target_classes:
+    of APGD-T and FAB-T (fewer when the task has fewer classes). square_queries,
+    square_p_init: Square's budget and initial square size. examples: audit the first N
+    examples of the split (0: all). batch_size: examples attacked together (memory).
     """
+    version: str = "standard"
     eps: Optional[float] = None
     apgd_steps: int = 100
-    square_queries: int = 1000
+    fab_steps: int = 100
+    target_classes: int = 9
+    square_queries: int = 5000
+    square_p_init: float = 0.8
     examples: int = 0
     seed: int = 0
     batch_size: int = identity.neutral(250)
 
     def __post_init__(self):
+        checks.choice("audit.version", self.version, VERSIONS)
         if self.eps is not None:
             checks.number("audit.eps", self.eps, 0.0, 1.0)  # pixel units
-        for key in ("apgd_steps", "square_queries", "batch_size"):
+        for key in ("apgd_steps", "fab_steps", "target_classes", "square_queries",
+                    "batch_size"):
             checks.positive_int(f"audit.{key}", getattr(self, key))
+        checks.number("audit.square_p_init", self.square_p_init, 0.0, 1.0, low_open=True)
         checks.non_negative_int("audit.examples", self.examples)
         checks.seed("audit.seed", self.seed)
 
 
 @dataclasses.dataclass
 class AuditResult:
-    """RA per attack and the per-example worst case, in percent, on `examples` examples."""
+    """RA in percent on `examples` examples: after each attack of the AutoAttack sequence
+    (`ra`, cumulative; `ra["pgd"]` the run's PGD alone), AutoAttack's and the worst case."""
+    version: str
     split: str
     examples: int
     eps: float
     sa: float
     ra: Dict[str, float]
+    autoattack_ra: float
     worst_case_ra: float
     black_box_only: float         # % robust to every white-box attack, broken by Square
     gradient_masking_suspected: bool
@@ -74,17 +94,6 @@ class AuditResult:
 
     def to_json(self):
         return dataclasses.asdict(self)
-
-
-def require_art():
-    try:
-        from art.attacks import evasion  # pylint: disable=import-outside-toplevel
-        from art.estimators import classification  # pylint: disable=import-outside-toplevel
-    except ImportError:
-        raise errors.ConfigError(
-            "the robustness audit needs IBM's Adversarial Robustness Toolbox: "
-            "pip install 'dwlt-tf[audit]' (adversarial-robustness-toolbox==1.20.1)") from None
-    return evasion, classification
 
 
 def saved_model_logits(loaded):
@@ -98,107 +107,126 @@ def saved_model_logits(loaded):
     return model
 
 
-def _collect(splits, split, spec, noise_seed):
-    """Images, labels and PGD's random-start noise of the audited examples (numpy)."""
-    images, labels, noise = [], [], []
-    wanted = spec.examples or splits.size(split)
-    with_data = pipeline.eval_batches(splits, split, spec.batch_size, seed=noise_seed,
-                                      with_noise=True)
-    for batch in with_data:
-        images.append(batch["image"].numpy())
-        labels.append(batch["label"].numpy())
-        noise.append(batch["noise"].numpy())
-        if sum(len(b) for b in labels) >= wanted:
-            break
-    return (np.concatenate(images)[:wanted], np.concatenate(labels)[:wanted],
-            np.concatenate(noise)[:wanted])
+# ------------------------------------------------------------------ the attacks
+
+@dataclasses.dataclass
+class Step:
+    """One attack of the sequence: `run(images, labels, logits) -> (adversarial images,
+    broken mask)` on the examples still robust; `settings` describe it."""
+    name: str
+    run: Callable
+    settings: dict
+    white_box: bool = True
 
 
-def _predict(model, images, batch_size):
-    out = [np.argmax(np.asarray(model(images[i:i + batch_size], training=False)), axis=1)
-           for i in range(0, len(images), batch_size)]
-    return np.concatenate(out)
+def sequence(model, num_classes, spec: AuditSpec, eps, seed) -> List[Step]:
+    """The attacks of `spec.version`, in order (module docstring)."""
+    targets = min(spec.target_classes, num_classes - 1)
+    target_loss, target_loss_name = autoattack.targeted_loss(num_classes)
+    ours = {"library": "dwlt_tf.autoattack (TensorFlow)", "eps": eps, "restarts": 1}
+
+    def apgd(loss, targeted):
+        def run(x, y, logits):
+            if not targeted:
+                return autoattack.apgd(model, x, y, eps, spec.apgd_steps, loss, seed=seed)
+            broken, out = np.zeros(len(y), bool), x.copy()
+            for target in autoattack.target_classes(logits, y, targets).T:
+                todo = ~broken
+                if not todo.any():
+                    break
+                adv, hit = autoattack.apgd(model, x[todo], y[todo], eps, spec.apgd_steps,
+                                           loss, target[todo], seed=seed)
+                out[todo], broken[todo] = adv, hit
+            return out, broken
+        return run
+
+    def fab(x, y, logits):
+        broken, out = np.zeros(len(y), bool), x.copy()
+        for target in autoattack.target_classes(logits, y, targets).T:
+            todo = ~broken
+            if not todo.any():
+                break
+            adv, hit = autoattack.fab_targeted(model, x[todo], y[todo], eps, spec.fab_steps,
+                                               target[todo])
+            out[todo], broken[todo] = adv, hit
+        return out, broken
+
+    steps = {
+        "apgd_ce": Step("apgd_ce", apgd(autoattack.cross_entropy, False), dict(
+            ours, attack="APGD-CE", loss="ce", steps=spec.apgd_steps)),
+        "apgd_dlr": Step("apgd_dlr", apgd(_untargeted_dlr, False), dict(
+            ours, attack="APGD-DLR", loss="dlr", steps=spec.apgd_steps)),
+        "apgd_t": Step("apgd_t", apgd(target_loss, True), dict(
+            ours, attack="APGD-T", loss=target_loss_name, steps=spec.apgd_steps,
+            target_classes=targets)),
+        "fab_t": Step("fab_t", fab, dict(ours, attack="FAB-T", steps=spec.fab_steps,
+                                         target_classes=targets)),
+        "square": Step("square", _square(spec, model, eps, seed), dict(
+            ours, attack="Square", loss="margin", queries=spec.square_queries,
+            p_init=spec.square_p_init), white_box=False),
+    }
+    return [steps[name] for name in SEQUENCE[spec.version]]
+
+
+def _untargeted_dlr(logits, labels, target=None):
+    """-(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3): APGD-DLR's loss (3 classes or more)."""
+    del target
+    ordered = tf.sort(logits, axis=-1, direction="DESCENDING")
+    z_y = tf.gather(logits, labels, batch_dims=1)
+    others = logits - 1e9 * tf.one_hot(labels, tf.shape(logits)[-1])
+    return -(z_y - tf.reduce_max(others, -1)) / (ordered[:, 0] - ordered[:, 2] + 1e-12)
+
+
+def _square(spec, model, eps, seed):
+    def run(x, y, logits):
+        del logits
+        return autoattack.square(model, x, y, eps, spec.square_queries, spec.square_p_init,
+                                 seed)
+    return run
 
 
 def _check_inside(adversarial, images, eps, name):
-    """ART and CleverHans both promise it; an audit must not trust what it audits."""
+    """ART and our attacks both promise it; an audit must not trust what it audits."""
     tolerance = 1e-5
     if adversarial.shape != images.shape:
         raise AssertionError(f"{name}: adversarial batch has shape {adversarial.shape}")
-    if np.abs(adversarial - images).max() > eps + tolerance or adversarial.min() < -tolerance \
-            or adversarial.max() > 1 + tolerance:
+    if len(images) and (np.abs(adversarial - images).max() > eps + tolerance
+                        or adversarial.min() < -tolerance or adversarial.max() > 1 + tolerance):
         raise AssertionError(f"{name} left the eps-ball or [0, 1]: max |delta| "
                              f"{np.abs(adversarial - images).max()}, range "
                              f"[{adversarial.min()}, {adversarial.max()}]")
 
 
-def run(model: Callable, images, labels, num_classes: int, spec: AuditSpec,
-        pgd: attacks.Attack, noise=None, split="test"):
-    """Audits `model` (callable (x, training=False) -> logits) on numpy `images` in [0, 1]
-    with integer `labels`. Returns (AuditResult, {attack: adversarial images})."""
-    evasion, classification = require_art()
-    eps = float(pgd.eps if spec.eps is None else spec.eps)
-    step = pgd.step_size * eps / pgd.eps if pgd.eps else pgd.step_size
+# ----------------------------------------------------------------- bookkeeping
+
+def attack_batch(model, images, labels, steps: List[Step], pgd: attacks.Attack, eps,
+                 noise=None):
+    """Per example of one batch: {"clean", "pgd", <step name>..., "autoattack"} boolean
+    arrays, True where still correctly classified after that attack (cumulative along
+    the sequence; "pgd" on its own)."""
     images = np.asarray(images, np.float32)
     labels = np.asarray(labels, np.int64)
-    size = images.shape[1]
-    estimator = classification.TensorFlowV2Classifier(
-        model=model, nb_classes=num_classes, input_shape=(size, size, 3),
-        loss_object=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        clip_values=(0.0, 1.0), channels_first=False)
-    adversarial, settings = {}, {}
-    own = attacks.Attack(eps, step, pgd.steps, pgd.random_start)
-    keras_like = _KerasCall(model)
-    adversarial["pgd"] = np.concatenate([
-        attacks.attack_batch(keras_like, own, images[i:i + spec.batch_size],
-                             labels[i:i + spec.batch_size],
-                             noise=None if noise is None else noise[i:i + spec.batch_size],
-                             training=False).numpy()
-        for i in range(0, len(images), spec.batch_size)])
-    settings["pgd"] = {"library": "cleverhans", "eps": eps, "step_size": step,
-                       "steps": pgd.steps, "restarts": 1, "random_start": pgd.random_start}
-    for name, loss in (("apgd_ce", "cross_entropy"), ("apgd_dlr", "difference_logits_ratio")):
-        if loss == "difference_logits_ratio" and num_classes < 3:
-            continue  # DLR compares the top-3 logits
-        np.random.seed(spec.seed)
-        attack = evasion.AutoProjectedGradientDescent(
-            estimator, norm=np.inf, eps=eps, eps_step=2 * eps, max_iter=spec.apgd_steps,
-            targeted=False, nb_random_init=1, batch_size=spec.batch_size, loss_type=loss,
-            verbose=False)
-        adversarial[name] = attack.generate(images, labels).astype(np.float32)
-        settings[name] = {"library": "adversarial-robustness-toolbox", "eps": eps,
-                          "steps": spec.apgd_steps, "restarts": 1, "loss": loss}
-    np.random.seed(spec.seed)
-    square = evasion.SquareAttack(estimator, norm=np.inf, eps=eps,
-                                  max_iter=spec.square_queries, nb_restarts=1,
-                                  batch_size=spec.batch_size, verbose=False)
-    adversarial["square"] = square.generate(images, labels).astype(np.float32)
-    settings["square"] = {"library": "adversarial-robustness-toolbox", "eps": eps,
-                          "queries": spec.square_queries, "restarts": 1}
-
-    clean = _predict(model, images, spec.batch_size) == labels
-    robust = {}
-    for name, adv in adversarial.items():
-        _check_inside(adv, images, eps, name)
-        robust[name] = clean & (_predict(model, adv, spec.batch_size) == labels)
-    worst = np.logical_and.reduce(list(robust.values()))
-    white = np.logical_and.reduce([robust[n] for n in WHITE_BOX if n in robust])
-    black_box_only = 100.0 * float(np.mean(white & ~robust["square"]))
-    ra = {name: 100.0 * float(np.mean(r)) for name, r in robust.items()}
-    worst_ra = 100.0 * float(np.mean(worst))
-    reasons = []
-    if black_box_only >= BLACK_BOX_ONLY_THRESHOLD:
-        reasons.append(f"the black-box Square attack broke {black_box_only:.2f}% of the "
-                       "examples that every white-box attack left correctly classified")
-    if ra["pgd"] - worst_ra > WORST_CASE_GAP_THRESHOLD:
-        reasons.append(f"the worst-case RA ({worst_ra:.2f}%) is {ra['pgd'] - worst_ra:.2f} "
-                       f"points below PGD-{pgd.steps}'s ({ra['pgd']:.2f}%)")
-    result = AuditResult(split=split, examples=len(images), eps=eps,
-                         sa=100.0 * float(np.mean(clean)), ra=ra, worst_case_ra=worst_ra,
-                         black_box_only=black_box_only,
-                         gradient_masking_suspected=bool(reasons), reasons=reasons,
-                         attacks=settings)
-    return result, adversarial
+    logits_of = autoattack.forward(model)
+    logits = np.concatenate([logits_of(images[i:i + 256]).numpy()
+                             for i in range(0, len(images), 256)])
+    clean = np.argmax(logits, 1) == labels
+    own = attacks.Attack(eps, pgd.step_size * eps / pgd.eps if pgd.eps else pgd.step_size,
+                         pgd.steps, pgd.random_start)
+    adversarial = attacks.attack_batch(_KerasCall(model), own, images, labels, noise=noise,
+                                       training=False).numpy()
+    _check_inside(adversarial, images, eps, "pgd")
+    out = {"clean": clean, "pgd": clean & (autoattack.predict(model, adversarial) == labels)}
+    robust = clean.copy()
+    for step in steps:
+        preemption.check(f"during the audit ({step.name})")
+        todo = np.flatnonzero(robust)
+        if len(todo):
+            adv, broken = step.run(images[todo], labels[todo], logits[todo])
+            _check_inside(adv, images[todo], eps, step.name)
+            robust[todo[broken]] = False
+        out[step.name] = robust.copy()
+    out["autoattack"] = robust.copy()
+    return out
 
 
 class _KerasCall:
@@ -206,34 +234,95 @@ class _KerasCall:
 
     def __init__(self, model):
         self.model = model
-        # A float16 Keras model gets the attack's loss scaling (attacks.computes_in_float16).
-        self.compute_dtype = "float16" if attacks.computes_in_float16(model) else "float32"
 
     def __call__(self, x, training=False):
         return self.model(x, training=training)
 
 
-def audit_run(run, splits, split, spec: AuditSpec, model=None):
+def summarize(counts, names, spec, eps, split, pgd, settings):
+    """AuditResult from per-example robustness arrays (`attack_batch`, concatenated)."""
+    total = len(counts["clean"])
+
+    def pct(mask):
+        return 100.0 * float(np.sum(mask)) / max(total, 1)
+    ra = {"pgd": pct(counts["pgd"])}
+    ra.update({name: pct(counts[name]) for name in names})
+    worst = counts["autoattack"] & counts["pgd"]
+    white = names[-2] if len(names) > 1 else None
+    black_box_only = pct(counts[white] & ~counts["square"]) if white and \
+        "square" in names else 0.0
+    reasons = []
+    if black_box_only >= BLACK_BOX_ONLY_THRESHOLD:
+        reasons.append(f"the black-box Square attack broke {black_box_only:.2f}% of the "
+                       "examples that every white-box attack left correctly classified")
+    if ra["pgd"] - pct(worst) > WORST_CASE_GAP_THRESHOLD:
+        reasons.append(f"the worst-case RA ({pct(worst):.2f}%) is {ra['pgd'] - pct(worst):.2f} "
+                       f"points below PGD-{pgd.steps}'s ({ra['pgd']:.2f}%)")
+    return AuditResult(version=spec.version, split=split, examples=total, eps=eps,
+                       sa=pct(counts["clean"]), ra=ra, autoattack_ra=pct(counts["autoattack"]),
+                       worst_case_ra=pct(worst), black_box_only=black_box_only,
+                       gradient_masking_suspected=bool(reasons), reasons=reasons,
+                       attacks=settings)
+
+
+def run(model: Callable, images, labels, num_classes: int, spec: AuditSpec,
+        pgd: attacks.Attack, noise=None, split="test", steps=None) -> AuditResult:
+    """Audits `model` (callable (x, training=False) -> logits) on numpy `images` in [0, 1]
+    with integer `labels`, `spec.batch_size` at a time. `steps` replaces the version's
+    attack sequence (tests)."""
+    eps = float(pgd.eps if spec.eps is None else spec.eps)
+    steps = steps or sequence(model, num_classes, spec, eps, spec.seed)
+    parts = []
+    for i in range(0, len(images), spec.batch_size):
+        chunk = slice(i, i + spec.batch_size)
+        parts.append(attack_batch(model, images[chunk], labels[chunk], steps, pgd, eps,
+                                  None if noise is None else noise[chunk]))
+    return _result(parts, steps, spec, eps, split, pgd)
+
+
+def _result(parts, steps, spec, eps, split, pgd):
+    counts = {key: np.concatenate([p[key] for p in parts]) if parts else np.zeros(0, bool)
+              for key in ["clean", "pgd", "autoattack"] + [s.name for s in steps]}
+    settings = {"pgd": {"library": "cleverhans", "eps": eps, "steps": pgd.steps,
+                        "step_size": pgd.step_size * eps / pgd.eps if pgd.eps else
+                        pgd.step_size, "restarts": 1, "random_start": pgd.random_start}}
+    settings.update({s.name: s.settings for s in steps})
+    return summarize(counts, [s.name for s in steps], spec, eps, split, pgd, settings)
+
+
+def audit_run(run_, splits, split, spec: AuditSpec, model=None):
     """The audit of a finished transfer run (`runs.open_run`): its best-RA checkpoint, or
     `model` (e.g. its exported SavedModel, `saved_model_logits`), attacked on `split` with
     the run's own evaluation PGD as the reference attack."""
-    attack = run.result.eval_attack
+    attack = run_.result.eval_attack
     if not attack:
-        raise errors.ConfigError(f"run {run.path!r} measured no RA (no evaluation attack)")
+        raise errors.ConfigError(f"run {run_.path!r} measured no RA (no evaluation attack)")
     pgd = attacks.Attack(attack["eps"], attack["step_size"], attack["steps"],
                          attack["random_start"])
     if model is None:
-        model, _, _ = runs.load_best(run, "ra", splits)
+        model, _, _ = runs.load_best(run_, "ra", splits)
     return audit_split(model, splits, split, spec, pgd,
-                       noise_seed=run.identity["train"].get("seed", 1))
+                       noise_seed=run_.identity["train"].get("seed", 1))
 
 
 def audit_split(model, splits, split, spec: AuditSpec, pgd: attacks.Attack, noise_seed=1):
-    """`run` on the first `spec.examples` (0: all) examples of `split` of `splits`. PGD
-    starts where the run's own evaluation started it (`noise_seed` = the run's
-    `train.seed`), so with every example its RA is the run's reported one."""
-    images, labels, noise = _collect(splits, split, spec, noise_seed)
+    """`run` on the first `spec.examples` (0: all) examples of `split`, streamed batch by
+    batch (memory independent of the split's size). PGD starts where the run's own
+    evaluation started it (`noise_seed` = the run's `train.seed`), so with every example
+    its RA is the run's reported one."""
     if isinstance(model, tf_keras.Model) and folding.conv_batchnorm_pairs(model):
         model = folding.FoldedModel(model)  # inference only: the same verdicts, faster
-    result, _ = run(model, images, labels, splits.num_classes, spec, pgd, noise, split)
-    return result
+    eps = float(pgd.eps if spec.eps is None else spec.eps)
+    steps = sequence(model, splits.num_classes, spec, eps, spec.seed)
+    wanted = spec.examples or splits.size(split)
+    parts, seen = [], 0
+    for batch in pipeline.eval_batches(splits, split, spec.batch_size, seed=noise_seed,
+                                       with_noise=True):
+        take = min(len(batch["label"]), wanted - seen)
+        parts.append(attack_batch(model, batch["image"].numpy()[:take],
+                                  batch["label"].numpy()[:take], steps, pgd, eps,
+                                  batch["noise"].numpy()[:take]))
+        seen += take
+        if seen >= wanted:
+            break
+    return _result(parts, steps, spec, eps, split, pgd)

@@ -265,6 +265,7 @@ class _Records:
                 f"--dataset_version_dir={builder.data_dir} --out_file_format=array_record) or "
                 "prepare it again into a new data_dir (dwlt_tf prepares ArrayRecord).") from None
         self.name = f"{builder.name}/{split}"
+        self._labels = None
 
     def __len__(self):
         return len(self.source)
@@ -286,6 +287,12 @@ class _Records:
             return dict(batch, encoded=parsed["image"], label=parsed["label"], name=names)
         return items.batch(self.PER_CALL).map(
             fetch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
+
+    def stored_labels(self):
+        """Every record's label, in storage order (read once, then kept)."""
+        if self._labels is None:
+            self._labels = self.column("label", tf.int64)
+        return self._labels
 
     def column(self, key, dtype):
         """One feature of every record, in storage order (a pass over the split)."""
@@ -554,12 +561,8 @@ def _load_image_folder(spec):
 
 
 def _labels(table):
-    """The label of every stored example of a table (a pass over TFDS records)."""
-    if isinstance(table, _Files):
-        return table.labels
-    if not hasattr(table, "_labels"):
-        table._labels = table.column("label", tf.int64)  # pylint: disable=protected-access
-    return table._labels  # pylint: disable=protected-access
+    """The label of every stored example of a table (a pass over TFDS records, once)."""
+    return table.labels if isinstance(table, _Files) else table.stored_labels()
 
 
 def _select_classes(splits, classes):

@@ -35,9 +35,10 @@ class Evaluator:
     """Compiled SA/RA evaluation of one model under one strategy (reused every epoch)."""
 
     def __init__(self, model, attack: Optional[attacks.Attack] = None, strategy=None,
-                 fold_batchnorm=True):
+                 fold_batchnorm=True, scale_loss=False):
         self.model = model
         self.attack = attack
+        self.scale_loss = scale_loss  # True for float16 models (attacks.scaled_cross_entropy)
         self.strategy = strategy or tf.distribute.get_strategy()
         self.fold_batchnorm = fold_batchnorm
         self._folded = None
@@ -56,6 +57,7 @@ class Evaluator:
         if self.attack is not None:
             adv = attacks.attack_batch(model, self.attack, images, labels,
                                        noise=batch.get("noise"), training=False,
+                                       scale_loss=self.scale_loss,
                                        snapshot=pruning_wrapper.kernel_snapshot)
             adv_logits = model(adv, training=False)
             robust = tf.reduce_sum(
@@ -110,6 +112,8 @@ class Evaluator:
 
 def evaluate(model, splits: data.Splits, split="test", batch_size=128,
              attack: Optional[attacks.Attack] = attacks.PRESETS["pgd20_eval"], seed=0,
-             strategy=None, fold_batchnorm=True) -> Accuracy:
-    """SA (and RA under `attack`, None to skip) of `model` on `split` of `splits`."""
-    return Evaluator(model, attack, strategy, fold_batchnorm)(splits, split, batch_size, seed)
+             strategy=None, fold_batchnorm=True, scale_loss=False) -> Accuracy:
+    """SA (and RA under `attack`, None to skip) of `model` on `split` of `splits`
+    (`scale_loss`: True for a model computing in float16)."""
+    return Evaluator(model, attack, strategy, fold_batchnorm, scale_loss)(splits, split,
+                                                                           batch_size, seed)

@@ -35,23 +35,23 @@ def conv_batchnorm_pairs(model):
     """{conv layer name: BatchNorm layer name} for every BN fed only by a conv (or a
     pruning wrapper's conv: then the wrapper's name) that feeds only it -- the pairs
     that fold."""
-    # This model's own graph: layers shared with another model (a wrapped model shares
-    # its BatchNorms with the unwrapped one) have nodes in both.
-    nodes = [node for depth in model._nodes_by_depth.values() for node in depth]  # pylint: disable=protected-access
+    # This model's own graph, from its (public) functional config: layers shared with
+    # another model (a wrapped model shares its BatchNorms with the unwrapped one) have
+    # calls in both, and only this model's count.
     inputs, consumers = {}, {}
-    for node in nodes:
-        sources = node.inbound_layers
-        sources = sources if isinstance(sources, list) else [sources]
-        inputs.setdefault(node.layer.name, []).extend(sources)
-        for source in sources:
-            consumers.setdefault(source.name, []).append(node.layer)
+    for entry in model.get_config()["layers"]:
+        for node in entry["inbound_nodes"]:
+            sources = [inbound[0] for inbound in node]
+            inputs.setdefault(entry["name"], []).extend(sources)
+            for source in sources:
+                consumers.setdefault(source, []).append(entry["name"])
     pairs = {}
     for layer in model.layers:
         if not isinstance(layer, _BATCHNORMS) or len(inputs.get(layer.name, [])) != 1:
             continue
         source = inputs[layer.name][0]
-        if _conv_of(source) is not None and len(consumers.get(source.name, [])) == 1:
-            pairs[source.name] = layer.name
+        if _conv_of(model.get_layer(source)) is not None and len(consumers.get(source, [])) == 1:
+            pairs[source] = layer.name
     return pairs
 
 
@@ -84,8 +84,6 @@ class FoldedModel:
             return new
 
         self.model = tf_keras.models.clone_model(model, clone_function=clone)
-        self.compute_dtype = "float16" if any(
-            layer.compute_dtype == "float16" for layer in self.model.layers) else "float32"
         self.refresh()
 
     def refresh(self):

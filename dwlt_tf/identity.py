@@ -12,12 +12,21 @@ tickets by sha256, datasets by a fingerprint of what they hold, not where they a
 or report a finished one); a different identity stops with `RunIdentityError`, listing
 the differing fields (old -> new), before any work. `overwrite=True` moves the old run
 aside to `<workdir>.replaced-<UTC time>` -- nothing is ever deleted.
+
+Defaults can change between versions while keys must stay stable, so `run.json` also
+records the *resolved* identity -- every field, defaults included (`describe(...,
+full=True)`) -- and a claim whose key matches but whose resolved settings differ (a
+default changed since the run was made) is refused naming the field. The package
+versions a run was made with are recorded too; a finished run reused under other
+versions is reported with a `VersionWarning`, not refused.
 """
 import dataclasses
 import datetime
 import hashlib
+import importlib.metadata
 import json
 import os
+import warnings
 
 from dwlt_tf import errors, files
 
@@ -29,27 +38,49 @@ class RunIdentityError(errors.ConfigError):
     """A workdir already belongs to a run with another identity."""
 
 
+class VersionWarning(UserWarning):
+    """A finished run made with other package versions is being reused."""
+
+
+# The packages whose versions can change a result (recorded in run.json).
+PACKAGES = ("tensorflow", "tf-keras", "tensorflow-model-optimization", "cleverhans",
+            "tensorflow-datasets")
+
+
+def versions():
+    """{package: version} of `PACKAGES` installed here (None when not installed)."""
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
 def neutral(default):
     """A dataclass field that does not change results (left out of every identity)."""
     return dataclasses.field(default=default, metadata=_NEUTRAL)
 
 
-def describe(value):
-    """The JSON-able, result-affecting description of a spec (see module docstring)."""
+def describe(value, full=False):
+    """The JSON-able, result-affecting description of a spec (see module docstring):
+    fields at their default left out, unless `full` (the resolved description)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         out = {}
         for field in dataclasses.fields(value):
             if field.metadata.get("identity", True) is False:
                 continue
-            current = describe(getattr(value, field.name))
-            if field.default is not dataclasses.MISSING and current == describe(field.default):
+            current = describe(getattr(value, field.name), full)
+            if not full and field.default is not dataclasses.MISSING and \
+                    current == describe(field.default):
                 continue
             out[field.name] = current
         return out
     if isinstance(value, dict):
-        return {str(k): describe(v) for k, v in value.items()}
+        return {str(k): describe(v, full) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [describe(v) for v in value]
+        return [describe(v, full) for v in value]
     if isinstance(value, float) and value.is_integer():
         return int(value)  # 1.0 and 1 are the same setting (and the same key)
     if value is None or isinstance(value, (bool, int, float, str)):
@@ -120,15 +151,18 @@ def move_aside(workdir):
     return target
 
 
-def claim(workdir, identity, overwrite=False, what="run"):
+def claim(workdir, identity, overwrite=False, what="run", resolved=None):
     """Makes `workdir` the home of the run `identity` (see module docstring).
 
-    Returns the path the previous run was moved to (overwrite=True), else None.
-    Raises RunIdentityError when the workdir belongs to another run, or holds files
-    but no identity record (made by an older dwlt_tf, or not a run directory).
+    `resolved` is the same identity with every default spelled out; when the workdir's
+    record has one, they must agree. Returns the path the previous run was moved to
+    (overwrite=True), else None. Raises RunIdentityError when the workdir belongs to
+    another run, or holds files but no identity record (made by an older dwlt_tf, or not
+    a run directory).
     """
     workdir = os.path.abspath(workdir)
     identity = canonical(identity)
+    resolved = canonical(resolved) if resolved is not None else None
     recorded = read(workdir)
     moved = None
     if recorded is None and _holds_a_run(workdir):
@@ -136,7 +170,18 @@ def claim(workdir, identity, overwrite=False, what="run"):
         # its record before its first output: outputs seen now mean a record to re-read.
         recorded = read(workdir)
     if recorded == identity:
-        return None
+        record = files.read_json(os.path.join(workdir, IDENTITY_FILE))
+        old = record.get("resolved")
+        if old is None or resolved is None or old == resolved:
+            _check_versions(record.get("versions"), what)
+            return None
+        if not overwrite:  # same key, other resolved settings: a default changed since
+            changes = "\n".join(f"  {line}" for line in differences(old, resolved))
+            raise RunIdentityError(
+                f"workdir {workdir} belongs to a {what} made with other values of settings "
+                f"now at their defaults (a default changed since):\n{changes}\nUse a new "
+                "workdir, or overwrite (trainers: --overwrite) to move the old one to "
+                f"{workdir}.replaced-<time> (nothing is deleted).")
     if recorded is not None or _holds_a_run(workdir):
         if not overwrite:
             if recorded is not None:
@@ -154,6 +199,19 @@ def claim(workdir, identity, overwrite=False, what="run"):
         moved = move_aside(workdir)
     os.makedirs(workdir, exist_ok=True)
     files.write_json(os.path.join(workdir, IDENTITY_FILE), {
-        "identity": identity, "key": key(identity), "what": what,
+        "identity": identity, "key": key(identity), "what": what, "resolved": resolved,
+        "versions": versions(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
     return moved
+
+
+def _check_versions(recorded, what):
+    if not recorded:
+        return
+    now = versions()
+    changed = [f"{name} {recorded.get(name)} -> {now[name]}" for name in PACKAGES
+               if name in recorded and recorded.get(name) != now[name]]
+    if changed:
+        warnings.warn(f"reusing {what}s made with other package versions ({', '.join(changed)}"
+                      "): results may differ slightly from what this install computes",
+                      VersionWarning, stacklevel=3)

@@ -59,10 +59,15 @@ def masked_model(pretrained_fn: Callable[[], tf_keras.Model], masks, prunable=("
 
 
 def run_identity(train_spec: train.TrainSpec, imp_spec: ImpSpec, dataset: dict,
-                 pretrained: dict) -> dict:
-    """An IMP run's identity: pre-trained weights, data, round training, pruning."""
-    return {"kind": "imp", "pretrained": pretrained, "dataset": dataset,
-            "train": identity.describe(train_spec), "imp": identity.describe(imp_spec)}
+                 pretrained: dict, strategy=None, full=False) -> dict:
+    """An IMP run's identity: pre-trained weights, data, round training, pruning, and the
+    process settings that change its numbers (`runtime.settings`; `full`: resolved)."""
+    out = {"kind": "imp", "pretrained": pretrained, "dataset": dataset,
+           "train": identity.describe(train_spec, full), "imp": identity.describe(imp_spec, full)}
+    settings = identity.describe(runtime.settings(strategy), full)
+    if settings:
+        out["runtime"] = settings
+    return out
 
 
 def run(pretrained_fn: Callable[[], tf_keras.Model], splits, train_spec: train.TrainSpec,
@@ -86,8 +91,10 @@ def run(pretrained_fn: Callable[[], tf_keras.Model], splits, train_spec: train.T
     # chief writes the tickets, the others keep the masks they computed (the same ones).
     chief = runtime.is_chief(strategy or tf.distribute.get_strategy())
     if chief:
-        identity.claim(workdir, run_identity(train_spec, imp_spec, splits.identity,
-                                             pretrained), overwrite, "IMP run")
+        identity.claim(workdir, run_identity(train_spec, imp_spec, splits.identity, pretrained,
+                                             strategy), overwrite, "IMP run",
+                       resolved=run_identity(train_spec, imp_spec, splits.identity,
+                                             pretrained, strategy, full=True))
     meta = dict(meta or {})
     paths = [ticket_dir(workdir, k) for k in range(1, imp_spec.rounds + 1)]
     masks = None  # the masks the next round starts from, when computed in this call

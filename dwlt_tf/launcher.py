@@ -98,6 +98,20 @@ def launch(config, spec, workdir, command=None, data_dir=None, log=print):
     return _launch_local(ex, graph, spec, config_dict, workdir, log)
 
 
+class _Planned:
+    """The replicas a cell's job will train with (from the `launcher` section): cells are
+    keyed by them, so finished ones are found before any job starts."""
+
+    def __init__(self, spec):
+        settings = spec.launcher
+        per_node = settings.gpus_per_cell if settings.gpus_per_cell else settings.tasks_per_node
+        self.num_replicas_in_sync = settings.nodes * per_node
+
+
+def _context(spec, graph, workdir):
+    return stages.Context(spec, graph, workdir, strategy=_Planned(spec), log=lambda *_: None)
+
+
 def _finished(ctx, address):
     ctx.resolved.pop(address, None)
     try:
@@ -120,7 +134,7 @@ def _groups(graph, todo):
 
 
 def _launch_slurm(ex, graph, spec, config_dict, workdir, log):
-    ctx = stages.Context(spec, graph, workdir, log=lambda *_: None)
+    ctx = _context(spec, graph, workdir)
     todo = {c.address for c in graph if not _finished(ctx, c.address)}
     extra = dict(spec.launcher.slurm)
     jobs = {}
@@ -169,7 +183,7 @@ def _watch(jobs, log):
 
 def _launch_local(ex, graph, spec, config_dict, workdir, log):
     """The local engine: submit cells as their inputs finish, `max_parallel` at a time."""
-    ctx = stages.Context(spec, graph, workdir, log=lambda *_: None)
+    ctx = _context(spec, graph, workdir)
     done = {c.address for c in graph if _finished(ctx, c.address)}
     running, attempts, jobs = {}, collections.Counter(), {}
     last = None

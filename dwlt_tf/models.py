@@ -22,7 +22,7 @@ import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import tensorflow as tf
 import tf_keras
 
-from dwlt_tf import data
+from dwlt_tf import checks, data
 
 layers = tf_keras.layers
 
@@ -226,10 +226,8 @@ def build_resnet(arch="resnet50", num_classes=1000, stem="imagenet", mean=None, 
         raise ValueError(f"Unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
     if stem not in STEMS:
         raise ValueError(f"Unknown stem {stem!r}; choose one of {list(STEMS)}")
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    if not isinstance(base_width, int) or base_width < 1:
-        raise ValueError(f"base_width must be a positive int, got {base_width!r}")
+    checks.positive_int("num_classes", num_classes)
+    checks.positive_int("base_width", base_width)
     block_type, blocks = ARCHS[arch]
     block_fn = _basic_block if block_type == "basic" else _bottleneck_block
     expansion = _EXPANSION[block_type]

@@ -22,7 +22,7 @@ from typing import Optional
 import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import tensorflow as tf
 
-from dwlt_tf import data, errors, preprocess
+from dwlt_tf import checks, data, errors, preprocess
 
 
 def _seed_pair(*parts):
@@ -162,5 +162,4 @@ def num_batches(num_examples, batch_size):
 
 
 def _check_batch(batch_size):
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    checks.positive_int("batch_size", batch_size)

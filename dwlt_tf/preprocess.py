@@ -12,6 +12,14 @@ Every function takes *encoded* image bytes (JPEG or PNG) and decodes only what i
   half-to-even like Python's round).
 * `train_cifar` / `eval_cifar`: `RandomCrop(size, padding=4)` + flip / identity.
 
+Pixels are torchvision's (PIL's): JPEGs decode with libjpeg's accurate integer DCT as
+PIL does (TF's default fast DCT differs by up to 4 grey levels); a crop window is decoded
+with one column more on each side, so its pixels are the full decode's; bilinear resizes
+run PIL's two passes (horizontal, then vertical, antialiased when shrinking), each
+rounded to uint8 as PIL rounds 8-bit images. Measured against Pillow itself
+(tests/test_preprocess.py): decoding identical; Resize(256) + CenterCrop(224) and
+RandomResizedCrop with fixed boxes within 1 grey level, mean difference < 0.001.
+
 Randomness is stateless: each call gets its own seed (an int64 [2] tensor), so a given
 (seed, epoch, example) always gets the same crop and flip. Outputs are float32 in [0, 1].
 
@@ -56,10 +64,18 @@ def check_complete(encoded, name):
     return tf.debugging.Assert(tf.logical_or(jpeg, png), [UNREADABLE, name])
 
 
+# libjpeg's accurate integer DCT, as PIL (torchvision's loader) decodes: the same pixels.
+# TF's default (the fast integer DCT) differs from PIL by up to 4 grey levels.
+DCT_METHOD = "INTEGER_ACCURATE"
+
+
 def decode(encoded, name):
-    """The whole image, uint8 [H, W, 3]."""
+    """The whole image, uint8 [H, W, 3] (JPEG pixels as PIL decodes them)."""
     with tf.control_dependencies([check_complete(encoded, name)]):
-        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+        image = tf.cond(
+            tf.io.is_jpeg(encoded),
+            lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method=DCT_METHOD),
+            lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False))
     image.set_shape([None, None, 3])
     return image
 
@@ -72,13 +88,27 @@ def image_shape(encoded):
                                                        expand_animations=False))[:2])
 
 
+def _jpeg_window(encoded, box):
+    """libjpeg decodes a window's edge columns without their neighbours: its chroma
+    upsampling then differs from a full decode by up to a few grey levels there (measured:
+    2). One more column on each side (inside the image) makes the window's pixels those of
+    the full decode (tests/test_preprocess.py), for two columns' worth of work."""
+    top, left, height, width = box[0], box[1], box[2], box[3]
+    image_width = tf.io.extract_jpeg_shape(encoded)[1]
+    first = tf.maximum(left - 1, 0)
+    last = tf.minimum(left + width + 1, image_width)
+    wider = tf.image.decode_and_crop_jpeg(encoded, tf.stack([top, first, height, last - first]),
+                                          channels=3, dct_method=DCT_METHOD)
+    return wider[:, left - first:left - first + width]
+
+
 def decode_window(encoded, name, box):
     """The crop `box` = (top, left, height, width) of the image, uint8 [h, w, 3]; a JPEG
-    is decoded only inside it."""
+    is decoded only inside it (and one column around), with the full decode's pixels."""
     with tf.control_dependencies([check_complete(encoded, name)]):
         image = tf.cond(
             tf.io.is_jpeg(encoded),
-            lambda: tf.image.decode_and_crop_jpeg(encoded, box, channels=3),
+            lambda: _jpeg_window(encoded, box),
             lambda: tf.slice(tf.io.decode_image(encoded, channels=3, expand_animations=False),
                              [box[0], box[1], 0], [box[2], box[3], 3]))
     image.set_shape([None, None, 3])
@@ -129,31 +159,47 @@ def _flip(image, seed):
     return tf.image.stateless_random_flip_left_right(image, seed=seed + [0, 2])
 
 
+def _resize_pass(image, height, width):
+    """One of PIL's separable resize passes (only one side changes), rounded to uint8
+    values as PIL rounds 8-bit images after each pass (half up). Skipped, as in PIL, when
+    the size does not change. When the side does not shrink, the antialiasing kernel is
+    plain bilinear interpolation: the much faster plain kernel gives the same values."""
+    hw = tf.shape(image)[:2]
+    target = tf.stack([height, width])
+
+    def resize():
+        shrinks = tf.logical_or(hw[0] > height, hw[1] > width)
+        resized = tf.cond(
+            shrinks,
+            lambda: tf.image.resize(image, target, method="bilinear", antialias=True),
+            lambda: tf.image.resize(image, target, method="bilinear", antialias=False))
+        return tf.clip_by_value(tf.floor(resized + 0.5), 0.0, 255.0)
+    same = tf.logical_and(tf.equal(hw[0], height), tf.equal(hw[1], width))
+    return tf.cond(same, lambda: tf.cast(image, tf.float32), resize)
+
+
 def resize_bilinear(image, height, width):
     """PIL's (torchvision's) bilinear resize of uint8 [H, W, 3] to float32 [0, 1]:
-    antialiased when shrinking.
+    antialiased when shrinking; horizontal pass, then vertical, each rounded to uint8 as
+    PIL does (tests/test_preprocess.py compares with Pillow itself)."""
+    rows = tf.shape(image)[0]
+    wide = _resize_pass(image, rows, width)
+    return _resize_pass(wide, height, width) / 255.0
 
-    When neither side shrinks the antialiasing kernel is plain bilinear interpolation,
-    and the much faster plain kernel gives the same pixels (to float rounding).
-    """
-    hw = tf.shape(image)[:2]
-    shrinks = tf.logical_or(hw[0] > height, hw[1] > width)
-    target = tf.stack([height, width])
-    # uint8 in, [0, 255] floats out: scaling the (smaller) output costs less.
-    resized = tf.cond(
-        shrinks,
-        lambda: tf.image.resize(image, target, method="bilinear", antialias=True),
-        lambda: tf.image.resize(image, target, method="bilinear", antialias=False))
-    return resized / 255.0
+
+def resized_crop(encoded, name, box, size):
+    """torchvision's resized_crop of PIL images: the crop `box` resized to size x size
+    (float32 [0, 1]), decoding only the crop."""
+    image = resize_bilinear(decode_window(encoded, name, box), size, size)
+    image.set_shape([size, size, 3])
+    return image
 
 
 def train_imagenet(encoded, name, size, seed):
     """RandomResizedCrop(size) + RandomHorizontalFlip, decoding only the crop."""
     shape = image_shape(encoded)
     box = random_resized_crop_box(shape[0], shape[1], seed)
-    image = resize_bilinear(decode_window(encoded, name, box), size, size)
-    image.set_shape([size, size, 3])
-    return tf.clip_by_value(_flip(image, seed), 0.0, 1.0)
+    return _flip(resized_crop(encoded, name, box, size), seed)
 
 
 def resize_center_crop(image, size):

@@ -32,11 +32,14 @@ from dwlt_tf import files  # noqa: E402
 REGIMES = ("standard", "adversarial")
 RULES = ("tolerance", "std")
 METHODS = ("imp", "omp", "random")
-AUDIT_ATTACKS = ("pgd", "apgd_ce", "apgd_dlr", "square")
+AUDIT_ATTACKS = ("pgd", "apgd_ce", "apgd_t", "fab_t", "apgd_dlr", "square")
+AUDIT_NAMES = {"pgd": "PGD RA", "apgd_ce": "APGD-CE", "apgd_t": "APGD-T", "fab_t": "FAB-T",
+               "apgd_dlr": "APGD-DLR", "square": "Square"}
 COLUMNS = ("pretraining", "dataset", "data_rate", "regime", "method", "ticket", "sparsity",
            "seed", "sa", "ra", "sa_ckpt_test_ra", "ra_ckpt_test_sa", "val_sa", "val_ra",
            "ra_attack") + tuple(f"audit_{a}_ra" for a in AUDIT_ATTACKS) + (
-    "audit_worst_case_ra", "audit_gradient_masking_suspected", "cell")
+    "audit_autoattack_ra", "audit_worst_case_ra", "audit_version",
+    "audit_gradient_masking_suspected", "cell")
 
 
 def attack_label(attack):
@@ -238,28 +241,40 @@ def markdown(rows, summary, tolerance, export_note=None, rule="tolerance", seeds
 
 
 def _audit_section(audits):
+    versions = sorted({result.get("version", "fast") for _, result in audits})
+    attacks = [a for a in AUDIT_ATTACKS if any(a in result["ra"] for _, result in audits)]
     lines = ["## Robustness audit", "",
-             "Each model attacked on the test split at its evaluation eps: its own PGD, "
-             "APGD-CE and APGD-DLR (AutoAttack's white-box pair) and the black-box Square "
-             "attack (Adversarial Robustness Toolbox). Worst case: an example counts as "
-             "robust only if every attack leaves it correctly classified.", "",
-             "| pre-training | dataset | ticket | regime | seed | examples | PGD RA | APGD-CE | "
-             "APGD-DLR | Square | worst case | gradient masking? |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"Each model attacked on the test split at its evaluation eps with its own PGD and "
+             f"AutoAttack ({' and '.join(versions)} version: "
+             + "; ".join(_version_text(v) for v in versions) + "). Columns after PGD: the RA "
+             "left after each attack of the sequence, each run only on the examples the "
+             "earlier ones left correctly classified; worst case: robust to AutoAttack and "
+             "to PGD.", "",
+             "| pre-training | dataset | ticket | regime | seed | examples | "
+             + " | ".join(AUDIT_NAMES[a] for a in attacks) + " | AutoAttack | worst case | "
+             "gradient masking? |",
+             "|" + "---|" * (9 + len(attacks))]
     warnings = []
     for row, result in audits:
         ra = result["ra"]
         flag = "**possible**" if result["gradient_masking_suspected"] else "no"
         lines.append(
             f"| {row.pretraining} | {row.dataset} | {row.ticket} | {row.regime} | "
-            f"{row.seed} | {result['examples']} | {_fmt(ra.get('pgd'))} | "
-            f"{_fmt(ra.get('apgd_ce'))} | {_fmt(ra.get('apgd_dlr'))} | {_fmt(ra.get('square'))} "
-            f"| {_fmt(result['worst_case_ra'])} | {flag} |")
+            f"{row.seed} | {result['examples']} | "
+            + " | ".join(_fmt(ra.get(a)) for a in attacks)
+            + f" | {_fmt(result.get('autoattack_ra'))} | {_fmt(result['worst_case_ra'])} "
+            f"| {flag} |")
         for reason in result["reasons"]:
             warnings.append(f"* Warning ({row.pretraining}, {row.ticket}, "
                             f"{row.regime}): {reason} -- RA measured by gradient-based "
                             "attacks may overstate robustness (gradient masking).")
     return lines + [""] + warnings + ([""] if warnings else [])
+
+
+def _version_text(version):
+    if version == "standard":
+        return ("standard: APGD-CE, APGD-T, FAB-T and Square, the RobustBench protocol")
+    return "fast, weaker than the standard version: APGD-CE, APGD-DLR and Square"
 
 
 def plot(rows, summary, workdir):

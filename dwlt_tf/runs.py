@@ -40,8 +40,12 @@ def model_fn(source: convert.Converted, masks, splits: data.Splits, seed, prunab
 
     def build():
         tf_keras.utils.set_random_seed(seed)  # the new head's init
+        # The reference transfers on one GPU: BatchNorm normalizes over the whole batch.
+        # With several replicas, synchronized BatchNorm does the same, so a transfer means
+        # the same on 1 or 8 GPUs (IMP keeps per-replica statistics, as the reference's DDP).
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
         model = models.build_resnet(meta["arch"], splits.num_classes, meta["stem"], mean, std,
-                                    meta["base_width"])
+                                    meta["base_width"], sync_batchnorm=replicas > 1)
         for layer in model.layers:
             if layer.name in weights:
                 layer.set_weights(weights[layer.name])

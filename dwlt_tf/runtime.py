@@ -6,6 +6,7 @@ benchmarks/README.md): TF's own default pairs as many inter-op threads as intra-
 threads and oversubscribes the cores of a small machine, while a training step has
 little inter-op parallelism to exploit.
 """
+import dataclasses
 import json
 import os
 
@@ -17,6 +18,25 @@ from dwlt_tf import checks
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "slurm")
 _STRATEGY_CACHE = {}
 _JIT_COMPILE = [False]
+_DETERMINISTIC = [False]
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The process settings that change a run's numbers: part of every training's
+    identity (`train.run_identity`). Replicas: per-replica BatchNorm statistics (IMP,
+    pre-training) change with them; XLA, op determinism and oneDNN round differently."""
+    replicas: int = 1
+    jit_compile: bool = False
+    deterministic: bool = False
+    onednn: bool = True        # TF_ENABLE_ONEDNN_OPTS=0 turns oneDNN's kernels off
+
+
+def settings(strategy=None) -> Settings:
+    """This process's `Settings` under `strategy` (default: the current one)."""
+    strategy = strategy or tf.distribute.get_strategy()
+    return Settings(strategy.num_replicas_in_sync, _JIT_COMPILE[0], _DETERMINISTIC[0],
+                    os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1") != "0")
 
 
 def jit_compile():
@@ -43,6 +63,7 @@ def configure(intra_op_threads=0, inter_op_threads=1, deterministic=False, jit_c
     checks.non_negative_int("runtime.intra_op_threads", intra_op_threads)
     checks.non_negative_int("runtime.inter_op_threads", inter_op_threads)
     _JIT_COMPILE[0] = jit_compile
+    _DETERMINISTIC[0] = _DETERMINISTIC[0] or deterministic  # cannot be turned off again
     try:
         tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
         tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)

@@ -61,7 +61,9 @@ class TransferRow:
         if self.audit:
             for attack, value in self.audit["ra"].items():
                 out[f"audit_{attack}_ra"] = value
+            out["audit_autoattack_ra"] = self.audit.get("autoattack_ra")
             out["audit_worst_case_ra"] = self.audit["worst_case_ra"]
+            out["audit_version"] = self.audit.get("version")
             out["audit_gradient_masking_suspected"] = self.audit["gradient_masking_suspected"]
         return out
 
@@ -197,14 +199,14 @@ class PretrainStage:
         init = _weights(ctx, entry.init) if entry.init else None
         return {"init": init, "source": ctx.data_identity(ctx.spec.source)}
 
-    def identity(self, ctx, cell, inputs):
-        model = identity.describe(ctx.spec.model)
+    def identity(self, ctx, cell, inputs, full=False):
+        model = identity.describe(ctx.spec.model, full)
         entry = ctx.spec.pretrainings[cell.pretraining]
         if entry.train is None:
             return {"kind": "convert", "checkpoint_sha256": inputs["checkpoint_sha256"],
                     "model": model}
-        return train.run_identity(entry.train, inputs["source"], self._run_inputs(inputs,
-                                                                                    model))
+        return train.run_identity(entry.train, inputs["source"],
+                                  self._run_inputs(inputs, model), ctx.strategy, full)
 
     @staticmethod
     def _run_inputs(inputs, model):
@@ -266,10 +268,10 @@ class ImpStage:
         return {"weights": _weights(ctx, cell.pretraining),
                 "source": ctx.data_identity(ctx.spec.source)}
 
-    def identity(self, ctx, cell, inputs):
+    def identity(self, ctx, cell, inputs, full=False):
         entry = ctx.spec.pretrainings[cell.pretraining]
         return imp.run_identity(entry.imp, ctx.spec.imp, inputs["source"],
-                                inputs["weights"].identity)
+                                inputs["weights"].identity, ctx.strategy, full)
 
     def finished(self, ctx, cell, path):
         return all(tickets.is_ticket(imp.ticket_dir(path, k))
@@ -312,11 +314,11 @@ class BaselineStage:
         # Random masks are drawn per transfer seed (seed=None: OMP, deterministic).
         return None if cell.seed is None else [ctx.spec.pruning_seed, cell.seed]
 
-    def identity(self, ctx, cell, inputs):
+    def identity(self, ctx, cell, inputs, full=False):
         return {"kind": "baseline", "method": cell.method,
                 "pretrained": inputs["weights"].identity,
-                "pruned": inputs["imp_ticket"].pruned, "imp": identity.describe(ctx.spec.imp),
-                "seed": self.seed(ctx, cell)}
+                "pruned": inputs["imp_ticket"].pruned,
+                "imp": identity.describe(ctx.spec.imp, full), "seed": self.seed(ctx, cell)}
 
     def finished(self, ctx, cell, path):
         return tickets.is_ticket(os.path.join(path, "ticket"))
@@ -367,11 +369,12 @@ class TransferStage:
         return dataclasses.replace(ctx.spec.transfer_spec(cell.regime, cell.dataset.name),
                                    seed=cell.seed)
 
-    def identity(self, ctx, cell, inputs):
+    def identity(self, ctx, cell, inputs, full=False):
         ticket = inputs["ticket"]
         run_inputs = {"kind": "transfer", "pretrained": inputs["weights"].identity,
                       "ticket": ticket.fingerprint if ticket else None}
-        return train.run_identity(self.spec(ctx, cell), inputs["dataset"], run_inputs)
+        return train.run_identity(self.spec(ctx, cell), inputs["dataset"], run_inputs,
+                                  ctx.strategy, full)
 
     def finished(self, ctx, cell, path):
         return os.path.exists(os.path.join(path, train.RESULT_FILE))
@@ -412,7 +415,8 @@ class ExportStage:
         row, reason = report.choose_export(rows, summary)
         return {"row": row, "reason": reason}
 
-    def identity(self, ctx, cell, inputs):
+    def identity(self, ctx, cell, inputs, full=False):
+        del full  # nothing at a default to spell out
         row = inputs["row"]
         run_key = os.path.basename(row.cell).split("_", 1)[1] if row else None
         return {"kind": "export", "run": run_key, "checkpoint": "best_ra",
@@ -489,11 +493,15 @@ class AuditStage:
                     "export": os.path.join(ctx.workdir, "export", str(exported["version"]))}
         return {"row": ctx.output(cell.target), "export": None}
 
-    def identity(self, ctx, cell, inputs):
+    def identity(self, ctx, cell, inputs, full=False):
         row = inputs["row"]
         run_key = os.path.basename(row.cell).split("_", 1)[1] if row else None
-        return {"kind": "audit", "run": run_key, "checkpoint": "best_ra", "split": "test",
-                "audit": identity.describe(ctx.spec.audit)}
+        out = {"kind": "audit", "run": run_key, "checkpoint": "best_ra", "split": "test",
+               "audit": identity.describe(ctx.spec.audit, full)}
+        settings = identity.describe(dataclasses.replace(runtime.settings(), replicas=1), full)
+        if settings:  # XLA, determinism, oneDNN round the attacks' gradients differently
+            out["runtime"] = settings
+        return out
 
     def finished(self, ctx, cell, path):
         return os.path.exists(os.path.join(path, self.RECORD))

@@ -30,8 +30,8 @@ from typing import Callable, List, Optional
 
 import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 
-from dwlt_tf import (assembly, cells, errors, files, identity, leases, preemption, runtime,
-                     stages)
+from dwlt_tf import (assembly, cells, checks, errors, files, identity, leases, preemption,
+                     runtime, stages)
 from dwlt_tf.study_spec import StudySpec, study_spec
 
 CELL_RECORD = "cell.json"      # in a finished cell's directory: who computed it, how long
@@ -57,7 +57,7 @@ class _StopWalking(Exception):
 def shard(index, count):
     """A selection running share `index` (0-based) of `count` of the cells."""
     for name, value in (("count", count), ("index", index)):
-        if isinstance(value, bool) or not isinstance(value, int):
+        if not checks.is_int(value):
             raise ValueError(f"shard {name} must be an int, got {value!r}")
     if count < 1 or not 0 <= index < count:
         raise ValueError(f"shard {index}/{count}: need 0 <= index < count")
@@ -276,7 +276,9 @@ class Study:
         return "computed"
 
     def _compute(self, cell, resolved):
-        identity.claim(resolved.path, resolved.identity, what=f"{cell.kind} cell")
+        stage = stages.STAGES[cell.kind]
+        identity.claim(resolved.path, resolved.identity, what=f"{cell.kind} cell",
+                       resolved=stage.identity(self.ctx, cell, resolved.inputs, full=True))
         failed = os.path.join(resolved.path, FAILED_RECORD)
         started = time.time()
         try:

@@ -273,15 +273,12 @@ def _pruning(section, rounds):
 
 
 def _audit(section):
-    """The audit's spec (None when disabled), its library checked before any work."""
+    """The audit's spec (None when disabled), checked even when disabled."""
     values = cfg.to_dict(section or {})
     cfg.check_keys(values, AUDIT_KEYS, "audit")
     enabled = checks.boolean("audit.enabled", values.pop("enabled", False))
     spec = audit_lib.AuditSpec(**values)  # checked even when disabled: no surprise later
-    if not enabled:
-        return None
-    audit_lib.require_art()  # the install hint, now
-    return spec
+    return spec if enabled else None
 
 
 def _leases(section):

@@ -168,14 +168,22 @@ def attack_description(attack: Optional[attacks.Attack]) -> Optional[dict]:
             **dataclasses.asdict(attack), "restarts": 1}
 
 
-def run_identity(spec: TrainSpec, dataset: dict, inputs: Optional[dict] = None) -> dict:
-    """The identity of a training run: its spec, its data and its other inputs.
+def run_identity(spec: TrainSpec, dataset: dict, inputs: Optional[dict] = None,
+                 strategy=None, full: bool = False) -> dict:
+    """The identity of a training run: its spec, its data, its other inputs and the
+    process settings that change its numbers (`runtime.settings`: replicas, XLA,
+    determinism, oneDNN; left out at their defaults, as every default is).
 
     `dataset` is the data's identity (`Splits.identity`); `inputs` names what the model
     starts from (weights' and ticket's sha256, ...). Callers that check a workdir
-    before training pass `fit` the same `inputs`.
+    before training pass `fit` the same `inputs`. `full`: the resolved identity (every
+    default spelled out, `identity.claim`'s `resolved`).
     """
-    return {"train": identity.describe(spec), "dataset": dataset, **(inputs or {})}
+    out = {"train": identity.describe(spec, full), "dataset": dataset, **(inputs or {})}
+    settings = identity.describe(runtime.settings(strategy), full)
+    if settings:
+        out["runtime"] = settings
+    return out
 
 
 @contextlib.contextmanager
@@ -226,9 +234,11 @@ class TrainingRun:
         if not self.chief:  # other workers save too (collectives), but to a scratch dir
             ckpt_dir = os.path.join(workdir, f".worker-{strategy.cluster_resolver.task_id}")
         self.manager = tf.train.CheckpointManager(self.checkpoint, ckpt_dir, max_to_keep=2)
-        self.evaluator = evaluate.Evaluator(self.model, spec.eval_attack, strategy)
+        half = spec.precision == "mixed_float16"  # float16 attacks scale their loss
+        self.evaluator = evaluate.Evaluator(self.model, spec.eval_attack, strategy,
+                                            scale_loss=half)
         self.val_evaluator = self.evaluator if spec.select_ra else evaluate.Evaluator(
-            self.model, None, strategy)
+            self.model, None, strategy, scale_loss=half)
         # XLA compiles each replica's step (the iterator and the cross-replica re-masking
         # stay outside: XLA cannot compile dataset ops).
         self._replica_fn = (tf.function(self._replica_step, jit_compile=True)
@@ -249,6 +259,7 @@ class TrainingRun:
         if spec.attack is not None:
             images = attacks.attack_batch(model, spec.attack, images, labels,
                                           noise=batch["noise"], training=True,
+                                          scale_loss=spec.precision == "mixed_float16",
                                           snapshot=pruning_wrapper.kernel_snapshot)
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
@@ -354,8 +365,9 @@ def fit(model_fn: Callable[[], tf_keras.Model], splits: data.Splits, spec: Train
     if splits.num_train < 1:
         raise errors.ConfigError(f"The training split is empty ({splits.spec.label!r})")
     if runtime.is_chief(strategy):  # other workers train the same run; the chief records it
-        identity.claim(workdir, run_identity(spec, splits.identity, inputs), overwrite,
-                       "training run")
+        identity.claim(workdir, run_identity(spec, splits.identity, inputs, strategy),
+                       overwrite, "training run",
+                       resolved=run_identity(spec, splits.identity, inputs, strategy, True))
     with precision_policy(spec.precision):
         run = TrainingRun(model_fn, splits, spec, workdir, strategy)
         result_path = os.path.join(workdir, RESULT_FILE)

@@ -89,8 +89,9 @@ def run(pretrained_dir: str, ticket_dir: Optional[str], dataset: data.DataSpec,
     run_inputs = runs.inputs(meta, masks)
     chief = runtime.is_chief(strategy or tf.distribute.get_strategy())  # the one that writes
     if chief:
-        identity.claim(workdir, train.run_identity(spec, splits.identity, run_inputs),
-                       overwrite, "transfer")
+        identity.claim(workdir, train.run_identity(spec, splits.identity, run_inputs, strategy),
+                       overwrite, "transfer", resolved=train.run_identity(
+                           spec, splits.identity, run_inputs, strategy, full=True))
     build = runs.model_fn(source, masks, splits, spec.seed)
     provenance = {
         "pretrained": os.path.abspath(pretrained_dir),

@@ -30,12 +30,14 @@ import dataclasses
 import io
 import os
 
+import numpy as np
+
 import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import keras_tuner
 from keras_tuner.engine import base_tuner
 
 from dwlt_tf import config as cfg
-from dwlt_tf import data, files, identity, report, runs, train, transfer
+from dwlt_tf import checks, data, files, identity, report, runs, train, transfer
 
 OBJECTIVES = ("val_sa", "val_ra", "weighted")
 SAMPLINGS = ("linear", "log", "reverse_log")
@@ -64,16 +66,12 @@ def validate(tune_config, base_spec):
     """The tune section as a plain dict, every value checked before any work."""
     cfg.check_keys(tune_config, TUNE_KEYS, "tune")
     tc = cfg.to_dict(tune_config)
-    for key, default in (("max_trials", 10), ("max_epochs", 4), ("seed", 1)):
-        value = tc.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or (
-                value < 1 if key != "seed" else value < 0):
-            raise cfg.ConfigError(f"tune.{key}={value!r}: must be "
-                                  f"{'an int >= 0' if key == 'seed' else 'a positive int'}")
+    checks.positive_int("tune.max_trials", tc.get("max_trials", 10))
+    checks.positive_int("tune.max_epochs", tc.get("max_epochs", 4))
+    checks.seed("tune.seed", tc.get("seed", 1))
     weights = tc.get("weights") or {}
     if not isinstance(weights, dict) or set(weights) - {"sa", "ra"} or any(
-            isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0
-            for w in weights.values()):
+            not checks.is_number(w) or w < 0 for w in weights.values()):
         raise cfg.ConfigError(f"tune.weights={weights!r}: give {{'sa': w1, 'ra': w2}} with "
                               "numbers >= 0")
     validate_space(tc.get("space"), tc.get("objective", "val_sa"), weights, base_spec,
@@ -197,10 +195,12 @@ def search(pretrained, ticket, dataset, base_spec, tune_config, workdir, strateg
     distributed_role = role()
     splits = data.load(dataset)
     source, masks, _ = transfer.load_inputs(pretrained, ticket)  # bad ones: before the claim
-    search_identity = train.run_identity(base_spec, splits.identity,
-                                         runs.inputs(source.meta, masks))
-    search_identity.update(kind="tune", tune={k: v for k, v in tc.items() if k != "max_trials"})
-    identity.claim(workdir, search_identity, overwrite, "tuning search")
+    searched = {"kind": "tune", "tune": {k: v for k, v in tc.items() if k != "max_trials"}}
+    search_identity = dict(train.run_identity(base_spec, splits.identity, runs.inputs(
+        source.meta, masks), strategy), **searched)
+    resolved = dict(train.run_identity(base_spec, splits.identity, runs.inputs(
+        source.meta, masks), strategy, full=True), **searched)
+    identity.claim(workdir, search_identity, overwrite, "tuning search", resolved=resolved)
     oracle = make_oracle(tc.get("oracle", "random"), tc.get("objective", "val_sa"),
                          tc.get("max_trials", 10), tc.get("seed", 1), tc.get("max_epochs", 4))
     _declare(oracle.hyperparameters, space)
@@ -245,12 +245,25 @@ def _write_outputs(rows, best_values, best, workdir):
     writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
     for row in rows:
-        writer.writerow(row)
+        writer.writerow({k: _plain(v) for k, v in row.items()})
     files.update_text(os.path.join(workdir, "trials.csv"), buffer.getvalue())
-    lines = [f"# best trial {best.trial_id}: score {best.score}"]
+    lines = [f"# best trial {best.trial_id}: score {_plain(best.score)}"]
     lines += [f"--config.train.{k}={v!r}" if isinstance(v, str) else f"--config.train.{k}={v}"
               for k, v in sorted(best_values.items())]
     files.update_text(os.path.join(workdir, "best.flags"), "\n".join(lines) + "\n")
+
+
+def _plain(value):
+    """Numbers as Python numbers: a trial computed now may hold numpy scalars whose text
+    differs from the same value reloaded from keras-tuner's JSON (`update_text` would then
+    rewrite an unchanged table)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    return value
 
 
 def summary(rows):

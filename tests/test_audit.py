@@ -1,14 +1,16 @@
-"""Tests for dwlt_tf.audit: worst case over attacks, eps-ball, gradient-masking flags."""
+"""Tests for dwlt_tf.audit and dwlt_tf.autoattack: AutoAttack's sequence, per-example
+bookkeeping, gradient-masking flags, agreement with an independent implementation."""
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from dwlt_tf import attacks, audit, errors
+from dwlt_tf import attacks, audit, autoattack, errors
 
 SIZE = 16
 EPS = 8 / 255
 PGD = attacks.Attack(EPS, 2 / 255, 10)
-SPEC = audit.AuditSpec(apgd_steps=20, square_queries=200, batch_size=64)
 
 
 class _Linear:
@@ -51,47 +53,193 @@ def _data(n=40):
     return np.clip(images, 0, 1).astype(np.float32), labels
 
 
-def test_normal_model_is_broken_by_every_attack_and_not_flagged():
+@pytest.mark.parametrize("version,names", [
+    ("standard", ["pgd", "apgd_ce", "apgd_t", "fab_t", "square"]),
+    ("fast", ["pgd", "apgd_ce", "apgd_dlr", "square"])])
+def test_normal_model_is_broken_and_not_flagged(version, names):
     images, labels = _data()
-    result, adversarial = audit.run(_Linear(), images, labels, 3, SPEC, PGD)
-    assert result.sa == 100.0
-    assert result.ra == {"pgd": 0.0, "apgd_ce": 0.0, "apgd_dlr": 0.0, "square": 0.0}
-    assert result.worst_case_ra == 0.0 and not result.gradient_masking_suspected
-    for name, adv in adversarial.items():  # inside the eps-ball and [0, 1]
-        assert np.abs(adv - images).max() <= EPS + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+    spec = audit.AuditSpec(version=version, apgd_steps=20, fab_steps=20, square_queries=200,
+                           batch_size=16)  # several batches
+    result = audit.run(_Linear(), images, labels, 3, spec, PGD)
+    assert result.sa == 100.0 and result.version == version
+    assert list(result.ra) == names and set(result.ra.values()) == {0.0}
+    assert result.autoattack_ra == result.worst_case_ra == 0.0
+    assert not result.gradient_masking_suspected
+    assert set(result.attacks) == set(names)
 
 
 def test_gradient_masking_model_is_flagged():
     images, labels = _data()
-    result, adversarial = audit.run(_Linear(quantized=True), images, labels, 3, SPEC, PGD)
+    spec = audit.AuditSpec(apgd_steps=20, fab_steps=20, square_queries=200, batch_size=64)
+    result = audit.run(_Linear(quantized=True), images, labels, 3, spec, PGD)
     assert result.sa == 100.0
     # No gradient: every white-box attack fails; the black-box one does not.
-    assert min(result.ra[n] for n in audit.WHITE_BOX) == 100.0
-    assert result.ra["square"] < 50.0
-    assert result.worst_case_ra <= min(result.ra.values())
-    assert result.black_box_only > audit.BLACK_BOX_ONLY_THRESHOLD
+    assert [result.ra[n] for n in ("pgd", "apgd_ce", "apgd_t", "fab_t")] == [100.0] * 4
+    assert result.ra["square"] < 50.0 and result.autoattack_ra == result.ra["square"]
+    assert result.black_box_only == 100.0 - result.ra["square"]
     assert result.gradient_masking_suspected and "black-box Square" in result.reasons[0]
     assert "points below PGD-10" in result.reasons[1]
-    for name, adv in adversarial.items():
-        assert np.abs(adv - images).max() <= EPS + 1e-6 and adv.min() >= 0 and adv.max() <= 1
 
 
-def test_worst_case_is_per_example_and_never_above_any_attack():
+def _breaks(indices, images, name):
+    """A stand-in attack breaking exactly the examples `indices` of `images` (for the
+    _Linear model: a step across its boundary, inside eps)."""
+    w = _Linear().w.numpy()
+
+    def run(x, y, logits):
+        del logits
+        ids = [int(np.flatnonzero(np.all(images == row, axis=(1, 2, 3)))[0]) for row in x]
+        hit = np.isin(ids, indices)
+        direction = np.where(y == 0, -1.0, 1.0)[:, None, None, None]
+        adv = np.clip(x + hit[:, None, None, None] * 0.99 * EPS * direction * w, 0, 1)
+        return adv.astype(np.float32), hit
+    return audit.Step(name, run, {"attack": name})
+
+
+def test_the_worst_case_is_counted_per_example():
     images, labels = _data(20)
-    model = _Linear()
-    # A weaker eps than the margin: most examples survive, some attacks may differ.
-    spec = audit.AuditSpec(eps=0.6 * EPS, apgd_steps=10, square_queries=50, batch_size=64)
-    result, _ = audit.run(model, images, labels, 3, spec, PGD)
-    assert result.eps == pytest.approx(0.6 * EPS)
-    assert all(result.worst_case_ra <= ra for ra in result.ra.values())
+    model = _Linear(quantized=True)  # the real PGD breaks nothing here
+    steps = [_breaks([0, 1, 2, 3, 4], images, "first"), _breaks([5, 6, 7, 8, 9], images, "second")]
+    result = audit.run(model, images, labels, 3, audit.AuditSpec(batch_size=8), PGD,
+                       steps=steps)
+    # Each attack alone leaves 75 %; example 7 is robust to every attack but the second,
+    # and it counts as broken: the worst case is 50 %, below every single attack's RA.
+    assert result.ra == {"pgd": 100.0, "first": 75.0, "second": 50.0}
+    assert result.autoattack_ra == result.worst_case_ra == 50.0
+
+
+def test_apgd_keeps_an_earlier_misclassified_iterate():
+    """The last iterate is correct, an earlier one was not: broken (ART 1.20 keeps only
+    the last iterate and would call the example robust)."""
+    images, labels = _data(1)
+    wrong = np.eye(3, dtype=np.float32)[1 - labels[0]] - np.eye(3, dtype=np.float32)[labels[0]]
+
+    class Flicker:  # no gradient, correct everywhere -- except at its 6th call
+        def __init__(self):
+            self.base, self.calls = _Linear(quantized=True), 0
+
+        def _bump(self):
+            self.calls += 1
+            return np.float32(50.0 if self.calls == 6 else 0.0)
+
+        def __call__(self, x, training=False):
+            return self.base(x) + tf.py_function(self._bump, [], tf.float32) * wrong
+    model = Flicker()
+    adv, broken = autoattack.apgd(model, images, labels, EPS, 20)
+    assert model.calls == 21 and broken.tolist() == [True]  # start + 20 iterates
+    assert np.abs(adv - images).max() <= EPS + 1e-6
+    assert np.argmax(model.base(tf.constant(adv)).numpy(), 1).tolist() == labels.tolist()
+
+
+def test_targeted_attacks_never_target_the_true_class():
+    logits = np.array([[5.0, 9.0, 1.0, 7.0, 3.0],      # true class 0: not even the top one
+                       [2.0, 1.0, 8.0, 0.0, 6.0]])
+    labels = np.array([0, 2])
+    targets = autoattack.target_classes(logits, labels, 4)
+    assert targets.tolist() == [[1, 3, 4, 2], [4, 0, 1, 3]]
+    assert not (targets == labels[:, None]).any()
+    assert autoattack.target_classes(logits, labels, 2).tolist() == [[1, 3], [4, 0]]
+
+
+def test_the_linf_projection_reaches_the_plane_at_least_norm_inside_the_box():
+    rng = np.random.default_rng(0)
+    points = rng.uniform(0, 1, (6, 30)).astype(np.float32)
+    w = rng.normal(size=(6, 30)).astype(np.float32)
+    c = np.array([0.5, -0.5, 2.0, -1.0, 0.0, 50.0])
+    delta = autoattack.linf_projection(points, w, c)
+    reached = (w.astype(np.float64) * delta).sum(1)
+    np.testing.assert_allclose(reached[:5], c[:5], atol=1e-4)
+    assert (points + delta >= -1e-6).all() and (points + delta <= 1 + 1e-6).all()
+    # The least norm: every coordinate that could move is at the norm or at the box edge.
+    norms = np.abs(delta).max(1)
+    for row in range(4):
+        moved = np.abs(delta[row]) > 1e-7
+        edge = (np.abs(points[row] + delta[row]) < 1e-6) | (np.abs(points[row] + delta[row] - 1)
+                                                           < 1e-6)
+        assert (np.isclose(np.abs(delta[row][moved]), norms[row], atol=1e-6) | edge[moved]).all()
+    # Unreachable (c = 50): as far as the box allows.
+    assert reached[5] < 50 and np.isclose(np.abs(delta[5]).max(), 1.0, atol=0.5)
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(eps=1.5), r"audit.eps=1.5: must be in \[0, 1\]"),
+    (dict(eps=1.5), r"audit.eps=1.5: must be a number in \[0.0, 1.0\]"),
     (dict(eps=-0.1), r"audit.eps=-0.1"),
     (dict(apgd_steps=0), r"audit.apgd_steps=0: must be a positive int"),
     (dict(examples=-1), r"audit.examples=-1"),
+    (dict(version="robustbench"), r"audit.version='robustbench': choose one of"),
+    (dict(square_p_init=0.0), r"audit.square_p_init=0.0"),
 ])
 def test_bad_audit_settings_are_named(kwargs, match):
     with pytest.raises(errors.ConfigError, match=match):
         audit.AuditSpec(**kwargs)
+
+
+# ------------------------------------------- against an independent AutoAttack
+
+def _bundled(split, classes=5):
+    """The bundled CIFAR-10 JPEGs of classes 0..classes-1 as PIL decodes them."""
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+    from conftest import BUNDLED_CIFAR  # pylint: disable=import-outside-toplevel
+    images, labels = [], []
+    root = os.path.join(BUNDLED_CIFAR, split)
+    for label, name in enumerate(sorted(os.listdir(root))[:classes]):
+        for file in sorted(os.listdir(os.path.join(root, name))):
+            images.append(np.asarray(Image.open(os.path.join(root, name, file)).convert("RGB")))
+            labels.append(label)
+    return np.stack(images).astype(np.float32) / 255.0, np.array(labels)
+
+
+def _robust_torch_model(tmp_path):
+    """A width-8 ResNet-18 (CIFAR stem) trained in PyTorch with FGSM-RS on the bundled
+    images of classes 0-4, behind a normalizer: robust enough to leave RA to measure."""
+    import torch  # pylint: disable=import-outside-toplevel
+    from torch_resnet import Normalize, ResNet  # pylint: disable=import-outside-toplevel
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+                                ResNet("resnet18", 5, "cifar", 8))
+    images, labels = _bundled("train")
+    x, y = torch.tensor(images).permute(0, 3, 1, 2), torch.tensor(labels)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(6):
+        model.train()
+        for idx in torch.randperm(len(y), generator=generator).split(64):
+            xb, yb = x[idx], y[idx]
+            delta = (torch.rand(xb.shape, generator=generator) * 2 - 1) * EPS
+            delta.requires_grad_(True)
+            loss = torch.nn.functional.cross_entropy(model((xb + delta).clamp(0, 1)), yb)
+            grad, = torch.autograd.grad(loss, delta)
+            xa = (xb + (delta + 1.25 * EPS * grad.sign()).clamp(-EPS, EPS)).clamp(0, 1).detach()
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(xa), yb).backward()
+            optimizer.step()
+    model.eval()
+    path = str(tmp_path / "robust.pth")
+    torch.save(model.state_dict(), path)
+    return model, path
+
+
+@pytest.mark.slow  # ~6 min on 2 cores: AutoAttack standard twice on 250 images
+def test_standard_audit_agrees_with_torchattacks_autoattack(tmp_path):
+    """The same model (trained in PyTorch, converted with dwlt_tf.convert), the same
+    images: AutoAttack-standard RA within 1.5 points of torchattacks' AutoAttack."""
+    import torch  # pylint: disable=import-outside-toplevel
+    import torchattacks  # pylint: disable=import-outside-toplevel
+    from dwlt_tf import convert  # pylint: disable=import-outside-toplevel
+    torch_model, path = _robust_torch_model(tmp_path)
+    keras_model = convert.convert(path, "resnet18", "cifar").model
+    images, labels = _bundled("test")
+    spec = audit.AuditSpec(version="standard", batch_size=125)
+    ours = audit.run(keras_model, images, labels, 5, spec, attacks.Attack(EPS, 2 / 255, 10))
+    attack = torchattacks.AutoAttack(torch_model, norm="Linf", eps=EPS, version="standard",
+                                     n_classes=5, seed=0)
+    x = torch.tensor(images).permute(0, 3, 1, 2)
+    adversarial = attack(x, torch.tensor(labels))
+    with torch.no_grad():
+        theirs = 100.0 * float((torch_model(adversarial).argmax(1).numpy() == labels).mean())
+        clean = 100.0 * float((torch_model(x).argmax(1).numpy() == labels).mean())
+    print(f"SA {ours.sa:.2f} (torch {clean:.2f}); AutoAttack RA ours {ours.autoattack_ra:.2f}, "
+          f"torchattacks {theirs:.2f}; per attack {ours.ra}")
+    assert abs(ours.sa - clean) <= 0.5  # the converted model is the same model
+    assert 5.0 < theirs < ours.sa  # something robust to measure
+    assert abs(ours.autoattack_ra - theirs) <= 1.5

@@ -54,7 +54,16 @@ OUT_OF_RANGE = {
     ("data_rates", tuple): "(1.5,)", ("tolerance", float): "-1.0", ("rule", str): "sigma",
     ("version", int): "0", ("methods", tuple): "('snip',)", ("rounds", tuple): "(9,)",
     ("apgd_steps", int): "0", ("square_queries", int): "0", ("examples", int): "-1",
+    ("version", str): "robustbench", ("fab_steps", int): "0", ("target_classes", int): "0",
+    ("square_p_init", float): "0.0", ("heartbeat_seconds", float): "0.0",
+    ("stale_seconds", float): "1.0", ("cluster", str): "pbs", ("gpus_per_cell", int): "-1",
+    ("cpus_per_cell", int): "0", ("mem_gb", int): "0", ("timeout_min", int): "0",
+    ("max_parallel", int): "0", ("nodes", int): "0", ("tasks_per_node", int): "0",
+    ("retries", int): "-1",
 }
+# Free-form strings: any text is a valid value at the config boundary (a SLURM partition
+# name, a folder for job logs); the engine using them reports what it cannot use.
+FREE_FORM = {"partition", "folder"}
 # A wrong-typed value, by the type of the key's default value.
 WRONG_TYPE = {int: "abc", float: "abc", type(None): "abc", bool: "maybe", str: "3",
               list: "abc", tuple: None}  # tuples: by what they hold (see _wrong_type)
@@ -79,6 +88,8 @@ def _config_cases(binary, config_arg, variant_config, base):
     cases = []
     for path, value in _leaves(variant_config):
         leaf = path.split(".")[-1]
+        if leaf in FREE_FORM:
+            continue
         values = [("wrong type", _wrong_type(value))]
         if not isinstance(value, bool):
             key = (leaf, type(value))

@@ -84,8 +84,22 @@ def test_folded_model_refuses_training_mode_and_unfoldable_models():
                            name="mlp")
     with pytest.raises(ValueError, match="Model 'mlp' has no conv -> BatchNorm pair to fold"):
         folding.FoldedModel(plain)
-    # Evaluation of such a model runs it unfolded.
+    # Evaluation of such a model runs it unfolded: the Evaluator's SA is the model's own.
     assert not folding.conv_batchnorm_pairs(plain)
+    from conftest import bundled_cifar_splits  # pylint: disable=import-outside-toplevel
+    from dwlt_tf import evaluate, pipeline  # pylint: disable=import-outside-toplevel
+    splits = bundled_cifar_splits()
+    tf_keras.utils.set_random_seed(4)
+    inputs = tf_keras.Input((32, 32, 3))
+    mlp = tf_keras.Model(inputs, tf_keras.layers.Dense(5)(tf_keras.layers.Flatten()(inputs)))
+    evaluator = evaluate.Evaluator(mlp, None)
+    accuracy = evaluator(splits, "test", 100)
+    assert evaluator._folded is None  # pylint: disable=protected-access
+    correct = total = 0
+    for batch in pipeline.eval_batches(splits, "test", 100):
+        correct += int((mlp(batch["image"]).numpy().argmax(1) == batch["label"].numpy()).sum())
+        total += len(batch["label"])
+    assert accuracy.sa == pytest.approx(100.0 * correct / total) and total == accuracy.count
 
 
 def test_folding_under_mixed_precision(trained_resnet):

@@ -92,3 +92,58 @@ def test_claim_refuses_run_outputs_without_a_record(tmp_path):
     (fresh / "slurm-123.out").write_text("")
     (fresh / ".tmp-abc").write_text("")
     assert identity.claim(str(fresh), {"a": 1}) is None
+
+
+@dataclasses.dataclass(frozen=True)
+class _SpecV3(_SpecV1):
+    # V1's fields, but a later version changed `lr`'s default: same key, other results.
+    lr: float = 0.5
+
+
+def test_a_changed_default_is_refused_naming_the_field(tmp_path):
+    workdir = str(tmp_path / "run")
+    old = _SpecV1()
+    identity.claim(workdir, identity.describe(old), resolved=identity.describe(old, full=True))
+    record = json.load(open(os.path.join(workdir, identity.IDENTITY_FILE)))
+    assert record["resolved"] == {"lr": 0.1, "epochs": 1} and record["identity"] == {}
+    new = _SpecV3()
+    assert identity.key(new) == identity.key(old)  # keys are stable across versions...
+    with pytest.raises(identity.RunIdentityError, match=r"made with other values of settings "
+                       r"now at their defaults \(a default changed since\):\n  lr: 0.1 -> 0.5"):
+        identity.claim(workdir, identity.describe(new), resolved=identity.describe(new, True))
+    # A run recorded before resolved identities existed is accepted as it is.
+    del record["resolved"]
+    json.dump(record, open(os.path.join(workdir, identity.IDENTITY_FILE), "w"))
+    identity.claim(workdir, identity.describe(new), resolved=identity.describe(new, True))
+
+
+def test_process_settings_enter_the_identity_away_from_their_defaults():
+    from conftest import mirrored_strategy  # pylint: disable=import-outside-toplevel
+    from dwlt_tf import runtime  # pylint: disable=import-outside-toplevel
+    spec, data_identity = train.TrainSpec(lr=0.05), {"content": "x"}
+    plain = train.run_identity(spec, data_identity)
+    assert "runtime" not in plain  # defaults: the keys of existing runs do not change
+    two = train.run_identity(spec, data_identity, strategy=mirrored_strategy())
+    assert two["runtime"] == {"replicas": 2} and identity.key(two) != identity.key(plain)
+    full = train.run_identity(spec, data_identity, full=True)
+    assert full["runtime"] == {"replicas": 1, "jit_compile": False, "deterministic": False,
+                               "onednn": True}
+    assert full["train"]["gamma"] == 0.1 and "verbose" not in full["train"]  # neutral stays out
+    runtime.configure(jit_compile=True)
+    try:
+        assert train.run_identity(spec, data_identity)["runtime"] == {"jit_compile": True}
+    finally:
+        runtime.configure(jit_compile=False)
+
+
+def test_package_versions_are_recorded_and_a_difference_is_a_warning(tmp_path):
+    workdir = str(tmp_path / "run")
+    identity.claim(workdir, {"lr": 0.1})
+    path = os.path.join(workdir, identity.IDENTITY_FILE)
+    record = json.load(open(path))
+    assert record["versions"]["tensorflow"] == identity.versions()["tensorflow"]
+    assert set(record["versions"]) == set(identity.PACKAGES)
+    record["versions"]["tensorflow"] = "2.0.0"
+    json.dump(record, open(path, "w"))
+    with pytest.warns(identity.VersionWarning, match=r"tensorflow 2.0.0 -> 2\.21"):
+        identity.claim(workdir, {"lr": 0.1})

@@ -78,8 +78,8 @@ def test_copy_weights_keeps_everything_but_the_skipped_head():
 @pytest.mark.parametrize("kwargs,match", [
     (dict(arch="resnet9"), "Unknown arch 'resnet9'"),
     (dict(stem="tiny"), "Unknown stem 'tiny'"),
-    (dict(num_classes=0), "num_classes must be a positive int, got 0"),
-    (dict(base_width=-4), "base_width must be a positive int, got -4"),
+    (dict(num_classes=0), "num_classes=0: must be a positive int"),
+    (dict(base_width=-4), "base_width=-4: must be a positive int"),
     (dict(std=(1.0, 0.0, 1.0)), "std must be positive"),
 ])
 def test_bad_arguments_name_the_value(kwargs, match):

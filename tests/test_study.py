@@ -218,12 +218,22 @@ def test_double_win_logic_on_constructed_results():
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("study"))
-    rows, summary = study.run(load_config("study", "tiny"), workdir, log=lambda *_: None)
+    previous = os.umask(0o022)  # what teammates on a shared workdir rely on
+    try:
+        rows, summary = study.run(load_config("study", "tiny"), workdir, log=lambda *_: None)
+    finally:
+        os.umask(previous)
     return workdir, rows, summary
 
 
 def test_tiny_study_writes_every_artifact(tiny_study):
     workdir, rows, summary = tiny_study
+    # Made under umask 022: every output readable by others, every folder traversable.
+    for dirpath, dirnames, filenames in os.walk(workdir):
+        # (the workdir itself is pytest's, made owner-only)
+        assert dirpath == workdir or os.stat(dirpath).st_mode & 0o005 == 0o005, dirpath
+        for name in filenames:
+            assert os.stat(os.path.join(dirpath, name)).st_mode & 0o004, (dirpath, name)
     assert len(rows) == 6  # (dense + 2 tickets) x (standard, adversarial)
     assert {r.ticket for r in rows} == {"dense", "round 1", "round 2"}
     assert sorted(round(r.sparsity, 4) for r in rows if r.regime == "standard") == [
@@ -914,3 +924,35 @@ def test_slurm_jobs_get_their_resources_and_afterok_dependencies(tmp_path, monke
     dense = [jobs[c.address].job_id for c in graph.of_kind("transfer") if c.method == "dense"]
     assert len({i.split("_")[0] for i in dense}) == 1 and all("_" in i for i in dense)
     assert isinstance(jobs["pretrain:adversarial"], submitit.SlurmJob)
+
+
+def test_random_baselines_draw_a_mask_per_seed(tiny_study, tmp_path):
+    workdir, _, _ = tiny_study
+    copy = str(shutil.copytree(workdir, tmp_path / "study"))
+    config = load_config("study", "tiny")
+    config.seeds = (1, 2)
+    config.pruning.update(dict(methods=("imp", "random"), rounds=(2,)))
+    config.export.enabled = False
+    used = []
+
+    def fake_transfer(pretrained, ticket, dataset, spec, cell, *args, **kwargs):
+        used.append((ticket, spec.seed))
+        best = train.CheckpointResult("best_sa", 0, 50.0, 20.0, 50.0, 20.0)
+        return _fake_result(cell, best)
+    with mock.patch.object(train, "_train", side_effect=AssertionError("retrained")), \
+            mock.patch.object(transfer, "run", side_effect=fake_transfer):
+        study.run(config, copy, log=lambda *_: None)
+    random_tickets = {}
+    for path in glob.glob(os.path.join(copy, "cells", "baseline_*", "ticket")):
+        masks, meta = tickets.load(path)
+        random_tickets[path] = masks
+    assert len(random_tickets) == 2  # one per seed, each its own cell
+    (a, b) = random_tickets.values()
+    assert sum(int((~m).sum()) for m in a.values()) == sum(int((~m).sum()) for m in b.values())
+    assert any((a[n] != b[n]).any() for n in a)  # other masks, the same sparsity
+    # Each seed's transfers of the random ticket use that seed's mask.
+    by_ticket = collections.defaultdict(set)
+    for ticket, seed in used:
+        if ticket in random_tickets:
+            by_ticket[ticket].add(seed)
+    assert sorted(map(sorted, by_ticket.values())) == [[1], [2]]

@@ -137,7 +137,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, splits):
     (dict(mode="trades"), "train.mode='trades'"),
     (dict(epochs=0), "train.epochs=0: must be a positive int"),
     (dict(epochs=-3), "train.epochs=-3"),
-    (dict(lr=0.0), "train.lr=0.0: must be positive"),
+    (dict(lr=0.0), "train.lr=0.0: must be a number in \\(0.0, inf\\)"),
     (dict(milestones=(50, 25)), "train.milestones"),
     (dict(precision="int8"), "train.precision='int8'"),
     (dict(mode="pgd", attack=None, eval_attack=None, batch_size=0), "train.batch_size=0"),

@@ -4,11 +4,12 @@ r"""Robustness audit of a transfer run or an exported ticket: is its RA real?
   python trainers/audit.py --export=serving/ticket/1 --square_queries=5000
 
 Attacks the model (a run's best-RA checkpoint, or the exported SavedModel) on the same
-examples at the same eps with its own PGD, APGD-CE and APGD-DLR (AutoAttack's white-box
-pair) and the black-box Square attack (IBM's Adversarial Robustness Toolbox: pip install
-'dwlt-tf[audit]'), prints each attack's RA, the per-example worst case and any
-gradient-masking warning, and records them: `<run>/audit.json`, or the `audit` entry of
-the export's assets/ticket.json. --eps defaults to the run's evaluation eps.
+examples at the same eps with its own PGD and AutoAttack (--version=standard:
+APGD-CE, APGD-T, FAB-T, Square with 5,000 queries; --version=fast: APGD-CE, APGD-DLR,
+Square; dwlt_tf/audit.py and autoattack.py), prints the RA after each attack, AutoAttack's and the
+per-example worst case, any gradient-masking warning, and records them:
+`<run>/audit.json`, or the `audit` entry of the export's assets/ticket.json. --eps
+defaults to the run's evaluation eps.
 """
 import os
 
@@ -20,9 +21,15 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("run", None, "A finished transfer run (trainers/transfer.py or a study cell).")
 flags.DEFINE_string("export", None, "An export version directory (<export_dir>/<version>).")
 flags.DEFINE_enum("split", "test", ["train", "val", "test"], "Split to audit.")
+flags.DEFINE_enum("version", "standard", ["standard", "fast"],
+                  "standard: AutoAttack's (APGD-CE, APGD-T, FAB-T, Square); fast: APGD-CE, "
+                  "APGD-DLR, Square.")
 flags.DEFINE_float("eps", None, "L-inf budget in [0, 1] (default: the run's evaluation eps).")
-flags.DEFINE_integer("apgd_steps", 100, "Iterations of APGD-CE and APGD-DLR.")
-flags.DEFINE_integer("square_queries", 1000, "Query budget of the Square attack.")
+flags.DEFINE_integer("apgd_steps", 100, "Iterations of each APGD attack.")
+flags.DEFINE_integer("fab_steps", 100, "Iterations of FAB-T (standard).")
+flags.DEFINE_integer("target_classes", 9, "Target classes of APGD-T and FAB-T (standard).")
+flags.DEFINE_integer("square_queries", 5000, "Query budget of the Square attack.")
+flags.DEFINE_float("square_p_init", 0.8, "Square's initial fraction of the image changed.")
 flags.DEFINE_integer("examples", 0, "Audit the first N examples of the split (0: all).")
 flags.DEFINE_integer("seed", 0, "Seed of the attacks' randomness.")
 flags.DEFINE_integer("batch_size", 250, "Batch size.")
@@ -35,8 +42,11 @@ def main(argv):
         if (FLAGS.run is None) == (FLAGS.export is None):
             raise errors.ConfigError("give exactly one of --run=<transfer run> and "
                                      "--export=<export version directory>")
-        spec = audit.AuditSpec(FLAGS.eps, FLAGS.apgd_steps, FLAGS.square_queries,
-                               FLAGS.examples, FLAGS.seed, FLAGS.batch_size)
+        spec = audit.AuditSpec(
+            version=FLAGS.version, eps=FLAGS.eps, apgd_steps=FLAGS.apgd_steps,
+            fab_steps=FLAGS.fab_steps, target_classes=FLAGS.target_classes,
+            square_queries=FLAGS.square_queries, square_p_init=FLAGS.square_p_init,
+            examples=FLAGS.examples, seed=FLAGS.seed, batch_size=FLAGS.batch_size)
         model = None
         if FLAGS.export:
             info, loaded = export.open_export(FLAGS.export)
@@ -55,11 +65,12 @@ def main(argv):
     else:
         where = os.path.join(run.path, "audit.json")
         files.write_json(where, result.to_json())
-    print(f"{result.examples} {FLAGS.split} examples, eps {result.eps * 255:.4g}/255: "
-          f"SA {result.sa:.2f}%")
+    print(f"{result.examples} {FLAGS.split} examples, eps {result.eps * 255:.4g}/255, "
+          f"AutoAttack {result.version}: SA {result.sa:.2f}%")
     for name, ra in result.ra.items():
-        print(f"  RA under {name}: {ra:.2f}%")
-    print(f"  worst case over all attacks: {result.worst_case_ra:.2f}%")
+        print(f"  RA {'under' if name == 'pgd' else 'after'} {name}: {ra:.2f}%")
+    print(f"  AutoAttack ({result.version}) RA: {result.autoattack_ra:.2f}%; worst case with "
+          f"PGD: {result.worst_case_ra:.2f}%")
     for reason in result.reasons:
         print(f"  WARNING, possible gradient masking: {reason}")
     print(f"recorded in {where}")

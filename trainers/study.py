@@ -80,8 +80,9 @@ def main(argv):
             cells = study.write_plan(config, workdir, _base_command(), plan_file)
             print(f"study plan: {len(cells)} cells -> {plan_file} (and {plan_file}.sh)")
             return
-        if FLAGS.status:
-            _print_status(study.Study(config, workdir, log=lambda *_: None, spec=spec))
+        if FLAGS.status:  # (under the run's strategy: cells are keyed by its replicas)
+            _print_status(study.Study(config, workdir, cli.setup(config), log=lambda *_: None,
+                                      spec=spec))
             return
         if FLAGS.launcher:
             launcher.launch(config, spec, workdir, _base_command(), data_dir=FLAGS.data_dir)
