@@ -75,7 +75,9 @@ def _loss_and_gradient(model, loss_fn):
     if loss_fn not in per_model:
         model_ref = weakref.ref(model)
 
-        @tf.function(reduce_retracing=True)
+        # autograph=False: straight-line code; autograph would convert the weakref
+        # call and mistake a plain callable object's class for the function to call.
+        @tf.function(reduce_retracing=True, autograph=False)
         def compute(x, y, t):
             with tf.GradientTape() as tape:
                 tape.watch(x)
@@ -96,7 +98,7 @@ def forward(model):
     if model not in _FORWARD:
         model_ref = weakref.ref(model)
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True, autograph=False)  # (as above)
         def compiled(x):
             return tf.cast(model_ref()(x, training=False), tf.float32)
 

@@ -565,11 +565,29 @@ def _labels(table):
     return table.labels if isinstance(table, _Files) else table.stored_labels()
 
 
-def _select_classes(splits, classes):
-    bad = [c for c in classes if not 0 <= c < splits.num_classes]
+def check_classes(spec: DataSpec):
+    """Raises ConfigError when `spec.classes` names a class the dataset lacks; reads only
+    a listing (ImageFolder) or the dataset's layout (TFDS), so a study checks it first."""
+    if spec.classes is None:
+        return
+    if spec.name == "imagefolder":
+        train = os.path.join(_image_folder_root(spec), "train")
+        count = sum(1 for name in os.listdir(train)
+                    if not name.startswith(".") and os.path.isdir(os.path.join(train, name)))
+    else:
+        count = DATASETS[spec.name].num_classes
+    _check_classes(spec.classes, count, spec.label)
+
+
+def _check_classes(classes, num_classes, label):
+    bad = [c for c in classes if not 0 <= c < num_classes]
     if bad:
         checks.fail("dataset.classes", tuple(classes), f"classes {bad} out of range for the "
-                    f"{splits.num_classes} classes of {splits.spec.label!r}")
+                    f"{num_classes} classes of {label!r}")
+
+
+def _select_classes(splits, classes):
+    _check_classes(classes, splits.num_classes, splits.spec.label)
     relabel = tuple(classes.index(c) if c in classes else -1 for c in range(splits.num_classes))
 
     def select(split):

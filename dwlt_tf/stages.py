@@ -108,8 +108,10 @@ class Context:
         if spec in self._splits:
             return self._splits[spec].identity
         if spec not in self._data_identity:
-            content = self._named(spec, lambda: data.fingerprint(spec))
-            self._data_identity[spec] = data.dataset_identity(spec, content)
+            def content():
+                data.check_classes(spec)  # a bad class index fails before any cell starts
+                return data.fingerprint(spec)
+            self._data_identity[spec] = data.dataset_identity(spec, self._named(spec, content))
         return self._data_identity[spec]
 
     def _named(self, spec, load):

@@ -186,7 +186,7 @@ def test_distributed_tuning_chief_and_two_workers_all_exit_cleanly(tmp_path, pre
     ("max_trials", 0, r"tune.max_trials=0: must be a positive int"),
     ("max_trials", -1, r"tune.max_trials=-1: must be a positive int"),
     ("max_epochs", 0, r"tune.max_epochs=0: must be a positive int"),
-    ("seed", -2, r"tune.seed=-2: must be an int >= 0"),
+    ("seed", -2, r"tune.seed=-2: must be an int in \[0, 4294967295\]"),
     ("weights", {"sa": -1.0}, r"tune.weights=\{'sa': -1.0\}: give"),
 ])
 def test_bad_tune_settings_fail_before_the_workdir_is_claimed(tmp_path, pretrained, key, value,
