@@ -125,31 +125,28 @@ def sequence(model, num_classes, spec: AuditSpec, eps, seed) -> List[Step]:
     target_loss, target_loss_name = autoattack.targeted_loss(num_classes)
     ours = {"library": "dwlt_tf.autoattack (TensorFlow)", "eps": eps, "restarts": 1}
 
-    def apgd(loss, targeted):
-        def run(x, y, logits):
-            if not targeted:
-                return autoattack.apgd(model, x, y, eps, spec.apgd_steps, loss, seed=seed)
-            broken, out = np.zeros(len(y), bool), x.copy()
-            for target in autoattack.target_classes(logits, y, targets).T:
-                todo = ~broken
-                if not todo.any():
-                    break
-                adv, hit = autoattack.apgd(model, x[todo], y[todo], eps, spec.apgd_steps,
-                                           loss, target[todo], seed=seed)
-                out[todo], broken[todo] = adv, hit
-            return out, broken
-        return run
-
-    def fab(x, y, logits):
+    def over_targets(x, y, logits, attack):
+        """`attack(x, y, target)` for each likely wrong class in turn, each on the
+        examples no earlier target broke (AutoAttack's targeted loop)."""
         broken, out = np.zeros(len(y), bool), x.copy()
         for target in autoattack.target_classes(logits, y, targets).T:
             todo = ~broken
             if not todo.any():
                 break
-            adv, hit = autoattack.fab_targeted(model, x[todo], y[todo], eps, spec.fab_steps,
-                                               target[todo])
-            out[todo], broken[todo] = adv, hit
+            out[todo], broken[todo] = attack(x[todo], y[todo], target[todo])
         return out, broken
+
+    def apgd(loss, targeted):
+        def run(x, y, logits):
+            if not targeted:
+                return autoattack.apgd(model, x, y, eps, spec.apgd_steps, loss, seed=seed)
+            return over_targets(x, y, logits, lambda x_, y_, t: autoattack.apgd(
+                model, x_, y_, eps, spec.apgd_steps, loss, t, seed=seed))
+        return run
+
+    def fab(x, y, logits):
+        return over_targets(x, y, logits, lambda x_, y_, t: autoattack.fab_targeted(
+            model, x_, y_, eps, spec.fab_steps, t))
 
     steps = {
         "apgd_ce": Step("apgd_ce", apgd(autoattack.cross_entropy, False), dict(

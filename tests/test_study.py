@@ -463,6 +463,12 @@ def test_transfer_records_and_warns_when_ticket_and_weights_differ(tiny_study, t
             transfer.run(pretrained, ticket, missing, train.TrainSpec(), str(tmp_path / "t"))
 
 
+def _assert_same_results(workdir, reference):
+    """The study in `workdir` ended with the reference run's results.csv, byte for byte."""
+    with open(os.path.join(reference, "results.csv")) as f:
+        assert (workdir / "results.csv").read_text() == f.read()
+
+
 def _nothing_half_written(workdir):
     """Every file and directory under its real name is complete (scratch is hidden)."""
     for dirpath, dirnames, filenames in os.walk(workdir):
@@ -496,8 +502,7 @@ def test_sigterm_in_a_study_cell_then_the_same_command_resumes(tiny_study, tmp_p
     out = subprocess.run([sys.executable] + command, cwd=REPO, capture_output=True, text=True,
                          timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert (workdir / "results.csv").read_text() == open(
-        os.path.join(reference, "results.csv")).read()
+    _assert_same_results(workdir, reference)
 
 
 def test_study_killed_anywhere_resumes_to_an_uninterrupted_runs_results(tiny_study, tmp_path):
@@ -514,8 +519,7 @@ def test_study_killed_anywhere_resumes_to_an_uninterrupted_runs_results(tiny_stu
     out = subprocess.run(worker, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     _nothing_half_written(workdir)
-    assert (workdir / "results.csv").read_text() == open(
-        os.path.join(reference, "results.csv")).read()
+    _assert_same_results(workdir, reference)
     # The report's tables too (its export sentence depends on the workdir's history).
     ours, theirs = ((workdir / "report.md").read_text(),
                     open(os.path.join(reference, "report.md")).read())
@@ -684,8 +688,7 @@ def test_two_shards_give_one_process_results_even_after_a_kill(tiny_study, tmp_p
     out = subprocess.run(worker, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert _ran(out.stdout) == []  # assembling computes nothing
-    assert (workdir / "results.csv").read_text() == open(
-        os.path.join(reference, "results.csv")).read()
+    _assert_same_results(workdir, reference)
 
 
 def test_plan_commands_run_one_by_one_then_assemble(tiny_study, tmp_path):
@@ -729,8 +732,7 @@ def test_plan_commands_run_one_by_one_then_assemble(tiny_study, tmp_path):
     out = subprocess.run(plan["assemble"]["command"], shell=True, cwd=REPO,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert (workdir / "results.csv").read_text() == open(
-        os.path.join(reference, "results.csv")).read()
+    _assert_same_results(workdir, reference)
     assert "[transfer]" not in out.stdout and "[imp]" not in out.stdout
 
 
@@ -780,8 +782,7 @@ def test_two_processes_started_at_once_compute_every_cell_once(tiny_study, tmp_p
     _nothing_half_written(workdir)
     final = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert final.returncode == 0 and not _computed_cells(final.stdout)
-    assert (workdir / "results.csv").read_text() == open(
-        os.path.join(reference, "results.csv")).read()
+    _assert_same_results(workdir, reference)
 
 
 def test_a_killed_lease_holder_is_taken_over_and_the_cell_resumes(tiny_study, tmp_path):
@@ -802,8 +803,7 @@ def test_a_killed_lease_holder_is_taken_over_and_the_cell_resumes(tiny_study, tm
     out, err = other.communicate(timeout=900)
     assert other.returncode == 0, err[-3000:]
     assert "pretrain:adversarial" in _ran(out)  # taken over from the dead holder
-    assert (workdir / "results.csv").read_text() == open(
-        os.path.join(reference, "results.csv")).read()
+    _assert_same_results(workdir, reference)
 
 
 def _cell_dir(workdir, address):
@@ -878,8 +878,7 @@ def test_the_local_launcher_runs_each_cell_once_and_resubmits_a_killed_job(tiny_
     counts = collections.Counter(computed)  # every cell once; the killed one twice
     assert len(counts) == 8 and counts[killed] == 2  # the killed cell: started twice
     assert all(n == 1 for cell, n in counts.items() if cell != killed)
-    assert (workdir / "results.csv").read_text() == open(
-        os.path.join(reference, "results.csv")).read()
+    _assert_same_results(workdir, reference)
 
 
 def test_slurm_jobs_get_their_resources_and_afterok_dependencies(tmp_path, monkeypatch):
