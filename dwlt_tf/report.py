@@ -244,10 +244,10 @@ def _audit_section(audits):
     versions = sorted({result.get("version", "fast") for _, result in audits})
     attacks = [a for a in AUDIT_ATTACKS if any(a in result["ra"] for _, result in audits)]
     lines = ["## Robustness audit", "",
-             f"Each model attacked on the test split at its evaluation eps with its own PGD and "
-             f"AutoAttack ({' and '.join(versions)} version: "
-             + "; ".join(_version_text(v) for v in versions) + "). Columns after PGD: the RA "
-             "left after each attack of the sequence, each run only on the examples the "
+             "Each model attacked on the test split at its evaluation eps with its own PGD "
+             "and AutoAttack (" + "; ".join(_version_text(v) for v in versions) + "). "
+             "Columns after PGD: the RA left after each attack of the sequence, each run "
+             "only on the examples the "
              "earlier ones left correctly classified; worst case: robust to AutoAttack and "
              "to PGD.", "",
              "| pre-training | dataset | ticket | regime | seed | examples | "
@@ -273,8 +273,8 @@ def _audit_section(audits):
 
 def _version_text(version):
     if version == "standard":
-        return ("standard: APGD-CE, APGD-T, FAB-T and Square, the RobustBench protocol")
-    return "fast, weaker than the standard version: APGD-CE, APGD-DLR and Square"
+        return "standard version: APGD-CE, APGD-T, FAB-T and Square, the RobustBench protocol"
+    return "fast version, weaker than the standard one: APGD-CE, APGD-DLR and Square"
 
 
 def plot(rows, summary, workdir):

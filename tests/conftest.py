@@ -50,11 +50,11 @@ def mirrored_strategy():
 
 @pytest.fixture(scope="session")
 def trained_resnet(tmp_path_factory):
-    """(model, splits): a tiny wrapped ResNet-18, 30 % pruned, trained for 4 epochs on the
+    """(model, splits): a tiny wrapped ResNet-18, 30 % pruned, trained for 6 epochs on the
     bundled real images of classes 0-4. Tests that change its variables restore them."""
     from dwlt_tf import train  # pylint: disable=import-outside-toplevel
     splits = bundled_cifar_splits()
-    spec = train.TrainSpec(epochs=4, batch_size=64, lr=0.05, eval_attack=None, test=False,
+    spec = train.TrainSpec(epochs=6, batch_size=64, lr=0.05, eval_attack=None, test=False,
                            verbose=0)
     result = train.fit(pruned_resnet_fn(splits, seed=0, sparsity=0.3), splits, spec,
                        str(tmp_path_factory.mktemp("trained")))

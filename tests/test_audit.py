@@ -181,10 +181,10 @@ def test_bad_audit_settings_are_named(kwargs, match):
 
 # ------------------------------------------- against an independent AutoAttack
 
-@pytest.mark.slow  # ~8 min on 2 cores: FGSM-RS training, AutoAttack standard twice
+@pytest.mark.slow  # ~30 min on 2 cores: torchattacks' AutoAttack alone takes ~20
 def test_standard_audit_agrees_with_torchattacks_autoattack(tmp_path):
     """The same model (trained in PyTorch by autoattack_reference.py, converted with
-    dwlt_tf.convert), the same 250 images: AutoAttack-standard RA within 1.5 points of
+    dwlt_tf.convert), the same 500 images: AutoAttack-standard RA within 1.5 points of
     torchattacks' AutoAttack."""
     pytest.importorskip("torchattacks")
     from dwlt_tf import convert  # pylint: disable=import-outside-toplevel

@@ -122,6 +122,7 @@ def test_rerun_into_a_used_workdir_refuses_other_settings(weights_and_ticket, tm
         runs.open_run(str(tmp_path))
 
 
+@pytest.mark.slow  # suite time; also covered by test_study's baseline test
 def test_baseline_ticket_binary_and_transfer_seeds(weights_and_ticket, tmp_path):
     weights, ticket, _ = weights_and_ticket
     imp_zeros = sum(int((~m).sum()) for m in tickets.load(ticket)[0].values())

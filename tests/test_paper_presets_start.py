@@ -82,7 +82,7 @@ def test_adversarial_imp_preset_starts_on_imagenet(robust_resnet50, imagenet_arc
     assert meta["round"] == 2 and meta["trained_rounds"] == 1
 
 
-@pytest.mark.parametrize("image_size", [32] + SIZES[1:])
+@pytest.mark.parametrize("image_size", [pytest.param(32, marks=pytest.mark.slow)] + SIZES[1:])
 def test_adversarial_transfer_preset_starts_on_cifar10(robust_resnet50, tiny_cifar10, tmp_path,
                                                        image_size):
     kernels = pruning_wrapper.get_kernels(pruning_wrapper.wrap(

@@ -107,7 +107,7 @@ def uninterrupted(tmp_path_factory):
 @pytest.mark.parametrize("at,signal_name,where", [
     ("3", "TERM", "at epoch 1 step 3 of 5"),                  # mid-epoch
     ("1:eval", "INT", "at epoch 1, validating after its last step"),  # abandoned validation
-    ("7", "USR1", "at epoch 2 step 2 of 5"),
+    pytest.param("7", "USR1", "at epoch 2 step 2 of 5", marks=pytest.mark.slow),
 ])
 def test_a_signal_mid_run_checkpoints_and_the_same_command_resumes_exactly(
         tmp_path, uninterrupted, at, signal_name, where):
@@ -123,6 +123,7 @@ def test_a_signal_mid_run_checkpoints_and_the_same_command_resumes_exactly(
     _same_final_state(uninterrupted, workdir)
 
 
+@pytest.mark.slow  # ~2 min: two TF workers; the single-process SIGTERM tests stay
 def test_one_signalled_worker_stops_every_worker_after_the_same_step(tmp_path):
     from test_train import _free_ports  # pylint: disable=import-outside-toplevel
     ports = _free_ports(2)

@@ -389,6 +389,7 @@ def test_finished_study_is_reported_from_a_read_only_copy(tiny_study, tmp_path,
     assert snapshot(archive) == before
 
 
+@pytest.mark.slow  # suite time; also covered by test_cli and test_export
 def test_evaluate_export_and_imp_binaries_on_study_outputs(tiny_study, tmp_path,
                                                           read_only_copy):
     workdir, rows, _ = tiny_study
@@ -505,6 +506,7 @@ def test_sigterm_in_a_study_cell_then_the_same_command_resumes(tiny_study, tmp_p
     _assert_same_results(workdir, reference)
 
 
+@pytest.mark.slow  # suite time; also covered by the SIGTERM and lease-takeover tests
 def test_study_killed_anywhere_resumes_to_an_uninterrupted_runs_results(tiny_study, tmp_path):
     reference, _, _ = tiny_study
     workdir = tmp_path / "study"
@@ -630,9 +632,13 @@ def test_audit_stage_and_binary(tiny_study, tmp_path):
     assert {(r.method, r.regime) for r in with_audit} == {
         ("dense", "standard"), ("dense", "adversarial"), ("imp", "adversarial")}
     info = json.load(open(os.path.join(copy, "export", "1", "assets", "ticket.json")))
-    assert info["audit"]["examples"] == 50 and info["audit"]["attacks"]["apgd_ce"]["steps"] == 5
+    assert info["audit"]["examples"] == 50 and info["audit"]["version"] == "standard"
+    assert set(info["audit"]["attacks"]) == {"pgd", "apgd_ce", "apgd_t", "fab_t", "square"}
+    assert info["audit"]["attacks"]["apgd_ce"]["steps"] == 5
+    assert info["audit"]["attacks"]["square"]["queries"] == 20
     text = open(os.path.join(copy, "report.md")).read()
-    assert "## Robustness audit" in text and "| APGD-CE | APGD-DLR | Square | worst case" in text
+    assert "## Robustness audit" in text and "(standard version: " in text
+    assert "| PGD RA | APGD-CE | APGD-T | FAB-T | Square | AutoAttack | worst case |" in text
     # The binary, on a study cell; bad input is one line.
     cell = os.path.join(copy, with_audit[0].cell)
     out = subprocess.run([sys.executable, os.path.join(REPO, "trainers", "audit.py"),
@@ -640,10 +646,10 @@ def test_audit_stage_and_binary(tiny_study, tmp_path):
                           "--square_queries=5"], capture_output=True, text=True, timeout=600,
                          cwd=REPO)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "20 test examples" in out.stdout and "worst case over all attacks" in out.stdout
+    assert "20 test examples" in out.stdout and "worst case with PGD" in out.stdout
     assert json.load(open(os.path.join(cell, "audit.json")))["examples"] == 20
     for flags_, message in ((["--run=/nonexistent", "--eps=0.1"], "is not a transfer run"),
-                            ([f"--run={cell}", "--eps=2"], "audit.eps=2.0: must be in [0, 1]")):
+                            ([f"--run={cell}", "--eps=2"], "audit.eps=2.0: must be a number in [0.0, 1.0]")):
         out = subprocess.run([sys.executable, os.path.join(REPO, "trainers", "audit.py"),
                               *flags_], capture_output=True, text=True, timeout=600, cwd=REPO)
         assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
@@ -657,6 +663,7 @@ def _ran(output):
     return json.loads(line[4:])
 
 
+@pytest.mark.slow  # suite time; also covered by the lease tests
 def test_two_shards_give_one_process_results_even_after_a_kill(tiny_study, tmp_path):
     reference, _, _ = tiny_study
     workdir = tmp_path / "study"
@@ -691,6 +698,7 @@ def test_two_shards_give_one_process_results_even_after_a_kill(tiny_study, tmp_p
     _assert_same_results(workdir, reference)
 
 
+@pytest.mark.slow  # suite time; also covered by the --cell and launcher tests
 def test_plan_commands_run_one_by_one_then_assemble(tiny_study, tmp_path):
     reference, _, _ = tiny_study
     workdir, plan_file = tmp_path / "study", tmp_path / "plan.json"
@@ -763,6 +771,7 @@ def _computed_cells(text):
             if line.startswith(_CELL_LINE)]
 
 
+@pytest.mark.slow  # suite time; also covered by the held-cell and takeover lease tests
 def test_two_processes_started_at_once_compute_every_cell_once(tiny_study, tmp_path):
     reference, _, _ = tiny_study
     workdir = tmp_path / "study"
@@ -846,6 +855,7 @@ def test_status_of_a_finished_study(tiny_study):
     assert f"{workdir}: 9/9 cells done" in out.stdout and "transfer  6 done" in out.stdout
 
 
+@pytest.mark.slow  # ~3 min: the whole tiny study through submitit's local executor
 def test_the_local_launcher_runs_each_cell_once_and_resubmits_a_killed_job(tiny_study,
                                                                           tmp_path):
     reference, _, _ = tiny_study

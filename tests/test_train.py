@@ -57,7 +57,7 @@ def test_one_epoch_of_each_mode_improves_training_accuracy(tmp_path, splits, mod
     assert os.path.isdir(tmp_path / "tensorboard") and os.listdir(tmp_path / "tensorboard")
 
 
-@pytest.mark.parametrize("mode", ["standard", "pgd"])
+@pytest.mark.parametrize("mode", ["standard", pytest.param("pgd", marks=pytest.mark.slow)])
 def test_mirrored_two_replicas_equals_default_strategy(tmp_path, mode):
     # 50 images: one full batch of 32 and a short one of 18, each split across replicas.
     small = data.load(data.DataSpec("imagefolder", path=BUNDLED_CIFAR, image_size=32,
@@ -225,6 +225,7 @@ def _free_ports(n):
     return ports
 
 
+@pytest.mark.slow  # ~2 min: two TF_CONFIG workers and two SLURM-environment workers
 def test_two_worker_multi_worker_mirrored_strategy(tmp_path):
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}

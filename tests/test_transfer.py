@@ -48,7 +48,7 @@ def _relative(a, b):
     return max(np.linalg.norm(x - y) / max(np.linalg.norm(x), 1e-30) for x, y in zip(a, b))
 
 
-@pytest.mark.parametrize("mode", ["standard", "pgd"])
+@pytest.mark.parametrize("mode", ["standard", pytest.param("pgd", marks=pytest.mark.slow)])
 def test_a_transfer_step_on_one_or_two_replicas_makes_the_same_update(source, mode):
     splits = bundled_cifar_splits()
     _, masks = source

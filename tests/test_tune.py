@@ -95,6 +95,7 @@ def test_bad_search_spaces_fail_before_the_first_trial(tmp_path, pretrained, spa
     assert not os.path.exists(tmp_path / "trials")
 
 
+@pytest.mark.slow  # suite time; also covered by the finished-search and distributed tests
 def test_killed_search_resumes_with_only_the_remaining_trials(tmp_path, pretrained,
                                                               read_only_copy):
     workdir = tmp_path / "search"
