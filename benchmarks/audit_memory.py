@@ -48,7 +48,7 @@ def make_folder(root, examples):
             sources = sorted(os.listdir(os.path.join(BUNDLED_TEST, label)))
             folder = os.path.join(root, split, label)
             os.makedirs(folder, exist_ok=True)
-            count = examples // len(CLASSES) if split == "test" else 2
+            count = examples // len(CLASSES) if split == "test" else 20
             for k in range(count):
                 os.symlink(os.path.join(BUNDLED_TEST, label, sources[k % len(sources)]),
                            os.path.join(folder, f"{label}_{k:06d}.jpg"))

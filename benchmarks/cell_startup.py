@@ -36,7 +36,8 @@ flags.DEFINE_integer("repeats", 3, "Runs per measurement (the median is reported
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STUDY = [sys.executable, os.path.join(REPO, "trainers", "study.py"),
          "--config=configs/study.py:tiny"]
-LARGE = ["--config.seeds=1,2,3,4,5,6,7,8,9,10", "--config.pruning.methods=imp,omp,random"]
+LARGE = ["--config.seeds=(1,2,3,4,5,6,7,8,9,10)",
+         "--config.pruning.methods=('imp','omp','random')"]
 # Runs the study binary; at its first training step prints the seconds since the
 # benchmark launched the process and exits.
 _STOPPER = r"""

@@ -149,8 +149,10 @@ def choose_export(rows, summary):
     best = max(adversarial, key=lambda r: (r.ra, r.sa))
     row = _best_seed([r for r in adversarial
                       if _group_key(r) == _group_key(best) and r.ticket == best.ticket])
+    key = _group_key(row)
     return row, (f"the ticket with the best adversarial RA ({row.ticket}, "
-                 f"{100 * row.sparsity:.2f}% sparse; no ticket is double-win)")
+                 f"{100 * row.sparsity:.2f}% sparse, {key[0]} pre-training, {key[1]} at data "
+                 f"rate {key[2]}; no ticket is double-win)")
 
 
 def write_tables(rows, workdir):
