@@ -161,6 +161,7 @@ def _robust(model, images, labels, noise, **kwargs):
     return np.argmax(model(adv).numpy(), 1) == labels.numpy()
 
 
+@pytest.mark.slow  # ~1 min: float16 PGD on CPU; the loss-scale unit tests stay
 def test_float16_pgd_agrees_with_float32_on_a_confident_model(trained):
     model, splits = trained
     confident, half = _confident_float16_copy(model, splits)
