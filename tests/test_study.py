@@ -389,7 +389,6 @@ def test_finished_study_is_reported_from_a_read_only_copy(tiny_study, tmp_path,
     assert snapshot(archive) == before
 
 
-@pytest.mark.slow  # suite time; also covered by test_cli and test_export
 def test_evaluate_export_and_imp_binaries_on_study_outputs(tiny_study, tmp_path,
                                                           read_only_copy):
     workdir, rows, _ = tiny_study
