@@ -63,7 +63,7 @@ def main(argv):
     rng = np.random.default_rng(0)
     folder = tempfile.mkdtemp(prefix="throughput-images-")
     # Synthetic images through the real reader: an ImageFolder of PNGs, 10 classes.
-    train_files = needed + 10  # ~5 of them become the (unused) validation split
+    train_files = needed + 20  # ~1 per class becomes the (unused) validation split
     for k in range(train_files + test_images):
         split = "train" if k < train_files else "test"
         path = os.path.join(folder, split, f"class{k % 10}", f"{k:06d}.png")
@@ -71,7 +71,7 @@ def main(argv):
         tf.io.write_file(path, tf.io.encode_png(
             rng.integers(0, 256, (size, size, 3), dtype=np.uint8)))
     splits = data.load(data.DataSpec(
-        "imagefolder", path=folder, image_size=size, val_fraction=5 / train_files,
+        "imagefolder", path=folder, image_size=size, val_fraction=10 / train_files,
         augment="cifar" if FLAGS.stem == "cifar" else "imagenet"))
 
     def model_fn():

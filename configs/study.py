@@ -70,6 +70,8 @@ _transfer = _sibling("transfer")
 _imp = _sibling("imp")
 
 BUNDLED = "data/cifar10_jpeg_small"
+# The whole CIFAR-10 as JPEG files in ImageFolder layout (not in git: README "Results").
+CIFAR10_JPEG = "data/cifar10_jpeg"
 
 
 def _paper():
@@ -171,9 +173,55 @@ def _miniature(epochs, imp_epochs, pretrain_epochs, rounds, eval_steps, train_st
     return config
 
 
+def _cifar(dataset):
+    """The CIFAR-scale replication (module docstring): every stage of `paper`, sized for
+    2 CPU cores (~2.5 h); `dataset` is the source/downstream dataset section."""
+    config = _miniature(epochs=4, imp_epochs=2, pretrain_epochs=15, rounds=5, eval_steps=10,
+                        train_steps=3)
+    config.source = dataset.copy_and_resolve_references()
+    config.source.classes = (0, 1, 2, 3, 4)
+    pgd3 = {"eps": 8 / 255, "step_size": 16 / (3 * 255), "steps": 3}  # the reference's IMP
+    for name, epochs, lr in (("standard", 15, 0.1), ("adversarial", 10, 0.05)):
+        config.pretrainings[name].train.update(dict(
+            epochs=epochs, batch_size=128, lr=lr, schedule="cosine", milestones=(),
+            attack=pgd3, verbose=0))
+    config.imp.update(dict(rounds=5, fraction=0.37))  # tickets 1-5: 37 % ... 90.1 % sparse
+    config.imp.train.update(dict(epochs=2, batch_size=128, lr=0.01, attack=pgd3))
+    config.tickets = (2, 4, 5)                         # 60.3 %, 84.2 %, 90.1 %
+    config.downstream.data_rates = (0.1, 0.5)
+    config.downstream.dataset = dataset.copy_and_resolve_references()
+    del config.downstream.dataset["name"], config.downstream.dataset["data_rate"]
+    config.downstream.dataset.classes = (5, 6, 7, 8, 9)
+    config.transfer.standard.update(dict(epochs=4, batch_size=128, lr=0.01, milestones=(3,),
+                                         eval_batch_size=500))
+    config.transfer.adversarial.update(dict(epochs=3, batch_size=128, lr=0.05,
+                                            milestones=(2,), eval_start_epoch=1, attack=pgd3,
+                                            eval_batch_size=500))
+    config.seeds = (1, 2, 3)
+    config.pruning.rounds = (5,)  # OMP and random at the sparsest ticket (90.1 %)
+    # The standard audit on the first 500 test images of each audited model (Square's
+    # 5,000 queries dominate: ~7 min per adversarially transferred model).
+    config.audit.update(dict(enabled=True, examples=500, batch_size=250))
+    config.launcher.update(dict(cpus_per_cell=1, max_parallel=2, timeout_min=120))
+    return config
+
+
+def _cifar_dataset(imagefolder_path=None):
+    """CIFAR-10 at 32 px from TFDS (the reference's splits), or an ImageFolder copy."""
+    dataset = _transfer.dataset("cifar10", 1.0)
+    dataset.update(dict(image_size=32, augment="cifar", stats="cifar10"))
+    if imagefolder_path:
+        dataset.update(dict(name="imagefolder", data_dir="", path=imagefolder_path))
+    return dataset
+
+
 def get_config(variant="quickstart"):
     if variant == "paper":
         return _paper()
+    if variant == "cifar":
+        return _cifar(_cifar_dataset())
+    if variant == "cifar_jpeg":
+        return _cifar(_cifar_dataset(CIFAR10_JPEG))
     if variant in ("quickstart", "audit"):
         config = _miniature(epochs=8, imp_epochs=3, pretrain_epochs=15, rounds=3,
                             eval_steps=10, train_steps=3)
@@ -189,4 +237,5 @@ def get_config(variant="quickstart"):
         config.audit.update(dict(apgd_steps=5, fab_steps=3, target_classes=2,
                                  square_queries=20, examples=50))
         return config
-    raise ValueError(f"Unknown variant {variant!r}: paper, quickstart, audit or tiny")
+    raise ValueError(f"Unknown variant {variant!r}: paper, cifar, cifar_jpeg, quickstart, "
+                     "audit or tiny")

@@ -33,6 +33,7 @@ import tensorflow as tf
 import tf_keras
 
 from dwlt_tf import attacks, autoattack, checks, errors, folding, identity, pipeline, preemption
+from dwlt_tf import records as records_lib
 from dwlt_tf import runs
 
 VERSIONS = ("standard", "fast")
@@ -91,9 +92,12 @@ class AuditResult:
     gradient_masking_suspected: bool
     reasons: List[str]
     attacks: Dict[str, dict]      # how each attack was run
+    # Per example (`records.py`): "clean", "pgd", each attack's name (cumulative, as `ra`),
+    # "autoattack" and "worst_case" -- written next to audit.json, not into it.
+    records: Optional[records_lib.ExampleRecords] = None
 
     def to_json(self):
-        return dataclasses.asdict(self)
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "records"}
 
 
 def saved_model_logits(loaded):
@@ -236,8 +240,9 @@ class _KerasCall:
         return self.model(x, training=training)
 
 
-def summarize(counts, names, spec, eps, split, pgd, settings):
-    """AuditResult from per-example robustness arrays (`attack_batch`, concatenated)."""
+def summarize(counts, names, spec, eps, split, pgd, settings, order=None):
+    """AuditResult from per-example robustness arrays (`attack_batch`, concatenated);
+    `order`: the examples' `data.Splits.example_order` (None: no records kept)."""
     total = len(counts["clean"])
 
     def pct(mask):
@@ -255,11 +260,15 @@ def summarize(counts, names, spec, eps, split, pgd, settings):
     if ra["pgd"] - pct(worst) > WORST_CASE_GAP_THRESHOLD:
         reasons.append(f"the worst-case RA ({pct(worst):.2f}%) is {ra['pgd'] - pct(worst):.2f} "
                        f"points below PGD-{pgd.steps}'s ({ra['pgd']:.2f}%)")
+    kept = None
+    if order is not None:
+        kept = records_lib.ExampleRecords(split, order, total,
+                                          dict(counts, worst_case=worst))
     return AuditResult(version=spec.version, split=split, examples=total, eps=eps,
                        sa=pct(counts["clean"]), ra=ra, autoattack_ra=pct(counts["autoattack"]),
                        worst_case_ra=pct(worst), black_box_only=black_box_only,
                        gradient_masking_suspected=bool(reasons), reasons=reasons,
-                       attacks=settings)
+                       attacks=settings, records=kept)
 
 
 def run(model: Callable, images, labels, num_classes: int, spec: AuditSpec,
@@ -277,14 +286,14 @@ def run(model: Callable, images, labels, num_classes: int, spec: AuditSpec,
     return _result(parts, steps, spec, eps, split, pgd)
 
 
-def _result(parts, steps, spec, eps, split, pgd):
+def _result(parts, steps, spec, eps, split, pgd, order=None):
     counts = {key: np.concatenate([p[key] for p in parts]) if parts else np.zeros(0, bool)
               for key in ["clean", "pgd", "autoattack"] + [s.name for s in steps]}
     settings = {"pgd": {"library": "cleverhans", "eps": eps, "steps": pgd.steps,
                         "step_size": pgd.step_size * eps / pgd.eps if pgd.eps else
                         pgd.step_size, "restarts": 1, "random_start": pgd.random_start}}
     settings.update({s.name: s.settings for s in steps})
-    return summarize(counts, [s.name for s in steps], spec, eps, split, pgd, settings)
+    return summarize(counts, [s.name for s in steps], spec, eps, split, pgd, settings, order)
 
 
 def audit_run(run_, splits, split, spec: AuditSpec, model=None):
@@ -322,4 +331,4 @@ def audit_split(model, splits, split, spec: AuditSpec, pgd: attacks.Attack, nois
         seen += take
         if seen >= wanted:
             break
-    return _result(parts, steps, spec, eps, split, pgd)
+    return _result(parts, steps, spec, eps, split, pgd, splits.example_order(split, seen))

@@ -19,8 +19,8 @@ import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import tensorflow as tf
 
 from dwlt_tf import audit as audit_lib
-from dwlt_tf import (cells, convert, data, errors, export, files, identity, imp, report, runs,
-                     runtime, tickets, train, transfer)
+from dwlt_tf import (cells, convert, data, errors, export, files, identity, imp, records,
+                     report, runs, runtime, tickets, train, transfer)
 from dwlt_tf.study_spec import StudySpec
 
 
@@ -53,6 +53,9 @@ class TransferRow:
     cell: str                    # the run's directory, relative to the workdir
     address: str = ""
     audit: Optional[dict] = None  # the robustness audit of this run, when audited
+    # Per-example test records (`records.py`), relative to the workdir: the SA verdicts
+    # read `best_sa/clean`, the RA verdicts `best_ra/robust`.
+    records: str = ""
 
     def record(self):
         """A flat dict: results.csv / results.json (audit columns flattened)."""
@@ -379,7 +382,9 @@ class TransferStage:
                                   ctx.strategy, full)
 
     def finished(self, ctx, cell, path):
-        return os.path.exists(os.path.join(path, train.RESULT_FILE))
+        # A run finished by an older dwlt_tf lacks its records: computing the cell again
+        # only evaluates its best checkpoints (`train.fit` backfills them).
+        return os.path.exists(os.path.join(path, train.RESULT_FILE)) and records.exists(path)
 
     def output(self, ctx, cell, inputs, path) -> TransferRow:
         result = train.TrainResult.from_json(files.read_json(os.path.join(path,
@@ -393,7 +398,8 @@ class TransferStage:
             sa_ckpt_test_ra=result.best_sa.test_ra, ra_ckpt_test_sa=result.best_ra.test_sa,
             val_sa=result.best_sa.val_sa, val_ra=result.best_ra.val_ra,
             ra_attack=report.attack_label(result.eval_attack),
-            cell=os.path.relpath(path, ctx.workdir), address=cell.address)
+            cell=os.path.relpath(path, ctx.workdir), address=cell.address,
+            records=os.path.relpath(records.path_in(path), ctx.workdir))
 
     def compute(self, ctx, cell, inputs, path):
         ticket = inputs["ticket"]
@@ -506,7 +512,11 @@ class AuditStage:
         return out
 
     def finished(self, ctx, cell, path):
-        return os.path.exists(os.path.join(path, self.RECORD))
+        record = os.path.join(path, self.RECORD)
+        if not os.path.exists(record):
+            return False
+        # An audit of nothing (no export) has no records; any other needs them.
+        return not files.read_json(record) or records.exists(path, records.AUDIT_FILE)
 
     def output(self, ctx, cell, inputs, path):
         return files.read_json(os.path.join(path, self.RECORD))
@@ -520,6 +530,7 @@ class AuditStage:
                 f"-> {path}")
         run = runs.open_run(os.path.join(ctx.workdir, row.cell))
         result = audit_lib.audit_run(run, ctx.splits(run.dataset), "test", ctx.spec.audit)
+        records.write(path, result.records, records.AUDIT_FILE)  # before: finished = both
         files.write_json(os.path.join(path, self.RECORD), result.to_json())
         if inputs["export"]:  # the export's ticket.json carries its audit
             export.add_audit(inputs["export"], result.to_json())

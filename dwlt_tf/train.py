@@ -15,7 +15,9 @@ of tickets -- under the default strategy (CPU), `MirroredStrategy` (local GPUs) 
 * pruned weights stay exactly zero: the wrappers mask in the forward pass and the
   kernels are re-masked after every optimizer update (`pruning_wrapper.apply_masks`);
 * every epoch: SA and RA on the validation split; best-SA and best-RA weights kept and
-  finally both evaluated on test, as the reference reports them;
+  finally both evaluated on test, as the reference reports them, with which test
+  examples each got right clean and attacked (`records.py`, `test_records.json`: the
+  paired verdicts compare models example by example);
 * never loses work: a CheckpointManager checkpoint (model, optimizer, masks, epoch and
   step, best metrics) every epoch and optionally every N steps; the same call resumes
   after a crash, mid-epoch included, and -- the input pipeline being keyed by (seed,
@@ -39,7 +41,7 @@ import tensorflow as tf
 import tf_keras
 
 from dwlt_tf import (attacks, checks, data, errors, evaluate, files, identity, optim,
-                     pipeline, preemption, pruning_wrapper, runtime)
+                     pipeline, preemption, pruning_wrapper, records, runtime)
 
 MODES = ("standard", "fast_adversarial", "pgd")
 # float64 is for numerical checks (e.g. comparing strategies without float32 noise).
@@ -323,7 +325,7 @@ class TrainingRun:
 
 def _read_metrics(path, before_epoch):
     """Metric records of epochs < before_epoch (drops a torn last line after a crash)."""
-    records = []
+    kept = []
     if os.path.exists(path):
         with open(path) as f:
             for line in f:
@@ -332,8 +334,8 @@ def _read_metrics(path, before_epoch):
                 except json.JSONDecodeError:
                     continue
                 if record.get("epoch", 1 << 30) < before_epoch:
-                    records.append(record)
-    return records
+                    kept.append(record)
+    return kept
 
 
 def _append_metrics(path, record):
@@ -372,8 +374,10 @@ def fit(model_fn: Callable[[], tf_keras.Model], splits: data.Splits, spec: Train
         run = TrainingRun(model_fn, splits, spec, workdir, strategy)
         result_path = os.path.join(workdir, RESULT_FILE)
         if os.path.exists(result_path):
-            run.restore_latest()
             result = TrainResult.from_json(files.read_json(result_path))
+            if spec.test and not records.exists(workdir):
+                _backfill_records(run, result)  # finished before records existed
+            run.restore_latest()
             result.model = run.model
             return result
         return _train(run, result_path)
@@ -511,6 +515,45 @@ def _end_epoch(run, epoch, totals, seconds):
     return record
 
 
+def _test_checkpoints(run, same_epoch):
+    """{"sa": Accuracy, "ra": Accuracy} of the best-SA and best-RA weights on test, with
+    per-example records; one evaluation when both are the same checkpoint (same epoch)."""
+    tested = {}
+    for which in ("sa", "ra"):
+        if which == "ra" and same_epoch:
+            tested["ra"] = tested["sa"]
+            continue
+        run.load_weights(which)
+        tested[which] = run.evaluator(run.splits, "test", run.spec.eval_batch_size,
+                                      run.spec.seed, per_example=True)
+    return tested
+
+
+def _test_records(tested):
+    """One record set: `best_<which>/clean` and `best_<which>/robust` per example."""
+    first = tested["sa"].records
+    correct = {f"best_{which}/{name}": values for which, acc in tested.items()
+               for name, values in acc.records.correct.items()}
+    return records.ExampleRecords(first.split, first.order, first.count, correct)
+
+
+def _backfill_records(run, result):
+    """Records of a run finished by an older dwlt_tf: its best checkpoints evaluated again
+    on test -- deterministic, so they must reproduce the reported numbers exactly."""
+    tested = _test_checkpoints(run, result.best_sa.epoch == result.best_ra.epoch)
+    for which, acc in tested.items():
+        reported = result.best(which)
+        if (acc.sa, acc.ra) != (reported.test_sa, reported.test_ra):
+            raise RuntimeError(
+                f"{run.workdir}: re-evaluating its best-{which.upper()} checkpoint on test gave "
+                f"SA {acc.sa}, RA {acc.ra}, but result.json reports SA {reported.test_sa}, RA "
+                f"{reported.test_ra}: the evaluation does not reproduce (another eval batch "
+                "size or oneDNN setting?); its per-example records would not explain its "
+                "results, so none were written")
+    if run.chief:
+        records.write(run.workdir, _test_records(tested))
+
+
 def _finish(run, history, throughput, result_path):
     spec = run.spec
     evaluated = [r for r in history if "val_sa" in r]
@@ -522,15 +565,11 @@ def _finish(run, history, throughput, result_path):
         best[which] = CheckpointResult(f"best_{which}", top["epoch"], top["val_sa"],
                                        top.get("val_ra"))
     if spec.test:
-        for which in ("sa", "ra"):
-            if which == "ra" and best["ra"].epoch == best["sa"].epoch:
-                # Same checkpoint (same epoch): same numbers, no second evaluation.
-                best["ra"] = dataclasses.replace(best["ra"], test_sa=best["sa"].test_sa,
-                                                 test_ra=best["sa"].test_ra)
-                continue
-            run.load_weights(which)
-            acc = run.evaluator(run.splits, "test", spec.eval_batch_size, spec.seed)
+        tested = _test_checkpoints(run, best["sa"].epoch == best["ra"].epoch)
+        for which, acc in tested.items():
             best[which] = dataclasses.replace(best[which], test_sa=acc.sa, test_ra=acc.ra)
+        if run.chief:  # before result.json: a finished run always has its records
+            records.write(run.workdir, _test_records(tested))
         run.restore_latest()  # leave the final weights in the model
     result = TrainResult(
         workdir=run.workdir, epochs=spec.epochs, best_sa=best["sa"], best_ra=best["ra"],

@@ -8,14 +8,15 @@ examples at the same eps with its own PGD and AutoAttack (--version=standard:
 APGD-CE, APGD-T, FAB-T, Square with 5,000 queries; --version=fast: APGD-CE, APGD-DLR,
 Square; dwlt_tf/audit.py and autoattack.py), prints the RA after each attack, AutoAttack's and the
 per-example worst case, any gradient-masking warning, and records them:
-`<run>/audit.json`, or the `audit` entry of the export's assets/ticket.json. --eps
+`<run>/audit.json` (which examples each attack broke: `<run>/audit_records.json`), or the
+`audit` entry of the export's assets/ticket.json. --eps
 defaults to the run's evaluation eps.
 """
 import os
 
 from absl import app, flags
 
-from dwlt_tf import audit, cli, data, errors, export, files, runs
+from dwlt_tf import audit, cli, data, errors, export, files, records, runs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("run", None, "A finished transfer run (trainers/transfer.py or a study cell).")
@@ -64,6 +65,7 @@ def main(argv):
         where = os.path.join(FLAGS.export, "assets", export.TICKET_ASSET)
     else:
         where = os.path.join(run.path, "audit.json")
+        records.write(run.path, result.records, records.AUDIT_FILE)
         files.write_json(where, result.to_json())
     print(f"{result.examples} {FLAGS.split} examples, eps {result.eps * 255:.4g}/255, "
           f"AutoAttack {result.version}: SA {result.sa:.2f}%")
