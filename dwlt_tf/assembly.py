@@ -12,7 +12,7 @@ import time
 
 import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 
-from dwlt_tf import cells, files, report, stages
+from dwlt_tf import cells, files, plots, report, stages
 
 REPORT = "report.md"
 
@@ -49,17 +49,24 @@ def _with_audits(ctx, rows):
             for r in rows]
 
 
+def analyze(ctx, rows):
+    """The double-win analysis of `rows` under the study's rule (`report.analyze`)."""
+    return report.analyze(rows, ctx.spec.report, ctx.read_records)
+
+
 def assemble(ctx):
     """Writes the study's outputs (module docstring). Returns (rows, summary)."""
     rows = _with_audits(ctx, _ordered(ctx, [ctx.output(c.address)
                                             for c in ctx.graph.of_kind("transfer")]))
     spec = ctx.spec
-    summary = report.analyze(rows, spec.tolerance, spec.rule)
+    summary = analyze(ctx, rows)
     note = ctx.output(cells.EXPORT)["note"] if cells.EXPORT in ctx.graph else None
     audits = [(r, r.audit) for r in rows if r.audit]
     report.write_tables(rows, ctx.workdir)
-    report.plot(rows, summary, ctx.workdir)
-    text = report.markdown(rows, summary, spec.tolerance, note, spec.rule, spec.seeds, audits)
+    plots.plot(summary, ctx.workdir, spec.report)
+    text = report.markdown(rows, summary, spec.report, note, spec.seeds, audits,
+                           audit_differences=report.compare_audits(audits, spec.report,
+                                                                   ctx.read_records))
     files.update_text(os.path.join(ctx.workdir, REPORT), text)
     files.update_json(os.path.join(ctx.workdir, "summary.json"),
                       {f"{k[0]}|{k[1]}|{k[2]}": v for k, v in summary.items()})
@@ -73,10 +80,9 @@ def write_partial_report(ctx):
     if not rows:
         return
     spec = ctx.spec
-    summary = report.analyze(rows, spec.tolerance, spec.rule)
+    summary = analyze(ctx, rows)
     status = (f"**Partial results** ({time.strftime('%Y-%m-%d %H:%M:%S')}): {len(rows)} of "
               f"{total} transfers finished; verdicts can change until the study is complete "
               "(export and audit follow).")
-    text = report.markdown(rows, summary, spec.tolerance, None, spec.rule, spec.seeds,
-                           status=status)
+    text = report.markdown(rows, summary, spec.report, None, spec.seeds, status=status)
     files.update_text(os.path.join(ctx.workdir, REPORT), text)

@@ -6,8 +6,11 @@ and its test RA are each no worse than the dense model's under the same regime; 
 *double-win* when it is matching under both regimes. SA is the test SA of the best-SA
 checkpoint and RA the test RA of the best-RA checkpoint, both selected on validation as
 the reference does. With several seeds, SA and RA are means over seeds (sample standard
-deviations alongside), and "no worse" follows the configured rule:
+deviations alongside), and "no worse" follows the configured rule (`verdicts.py`):
 
+* `paired` (the default): the difference ticket - dense on the same test examples with a
+  paired-bootstrap confidence interval, judged against a non-inferiority margin --
+  yes, no or inconclusive (double-win: yes under both regimes);
 * `tolerance`: mean >= dense mean - `tolerance` points (0: strictly no worse);
 * `std`: mean >= dense mean - the dense model's standard deviation over seeds (the
   lottery-ticket literature's "within one standard deviation"; one seed: tolerance 0).
@@ -19,18 +22,14 @@ whether IMP beats one-shot and random pruning at equal sparsity.
 import collections
 import csv
 import io
-import math
 import os
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # files only; no display
-import matplotlib.pyplot as plt  # noqa: E402
-
-from dwlt_tf import files  # noqa: E402
+from dwlt_tf import files, records, verdicts
 
 REGIMES = ("standard", "adversarial")
-RULES = ("tolerance", "std")
+RULES = verdicts.RULES
 METHODS = ("imp", "omp", "random")
 AUDIT_ATTACKS = ("pgd", "apgd_ce", "apgd_t", "fab_t", "apgd_dlr", "square")
 AUDIT_NAMES = {"pgd": "PGD RA", "apgd_ce": "APGD-CE", "apgd_t": "APGD-T", "fab_t": "FAB-T",
@@ -63,12 +62,7 @@ def _method(row):
     return row.method
 
 
-def mean_std(values):
-    """Mean and sample standard deviation (0 for one value)."""
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, 0.0
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+mean_std = verdicts.mean_std
 
 
 def _aggregate(members):
@@ -78,48 +72,113 @@ def _aggregate(members):
     return {"sa": sa, "sa_std": sa_std, "ra": ra, "ra_std": ra_std, "n": len(members)}
 
 
-def analyze(rows, tolerance=0.0, rule="tolerance"):
-    """Matching / double-win per group and pruning method. Returns {group: summary}."""
-    if rule not in RULES:
-        raise ValueError(f"Unknown matching rule {rule!r}; choose one of {RULES}")
+# What each metric's verdict compares, per example: SA of the best-SA checkpoint clean,
+# RA of the best-RA checkpoint attacked -- exactly the reported SA and RA.
+RECORDED = {"sa": "best_sa/clean", "ra": "best_ra/robust"}
+
+
+class _Outcomes:
+    """Per-example outcomes of rows, read once (`load(relative path) -> ExampleRecords`)
+    and checked: each record reproduces its row's reported number."""
+
+    def __init__(self, load):
+        self.load, self._cache = load, {}
+
+    def of(self, row):
+        if row.cell not in self._cache:
+            if not row.records:
+                raise records.RecordsError(f"{row.cell}: no per-example records (the "
+                                           "`paired` rule needs them)")
+            found = self.load(row.records)
+            for metric, name in RECORDED.items():
+                if name not in found.correct or abs(
+                        found.accuracy(name) - getattr(row, metric)) > 1e-6:
+                    raise records.RecordsError(
+                        f"{row.records}: its {name} does not reproduce the run's reported "
+                        f"{metric.upper()} {getattr(row, metric)} (a damaged or foreign file?)")
+            self._cache[row.cell] = found
+        return self._cache[row.cell]
+
+    def comparison(self, ticket_rows, dense_rows, metric):
+        """The paired comparison of `metric` over the seeds both have, or None."""
+        tickets = {r.seed: r for r in ticket_rows}
+        dense = {r.seed: r for r in dense_rows}
+        seeds = sorted(set(tickets) & set(dense))
+        if not seeds:
+            return None
+        pairs = []
+        for seed in seeds:
+            ours, theirs = self.of(tickets[seed]), self.of(dense[seed])
+            records.check_comparable(ours, theirs, tickets[seed].cell, dense[seed].cell)
+            pairs.append((ours.correct[RECORDED[metric]], theirs.correct[RECORDED[metric]]))
+        return verdicts.Comparison(np.stack([p[0] for p in pairs]),
+                                   np.stack([p[1] for p in pairs]))
+
+
+def analyze(rows, rule: verdicts.Rule, load=None):
+    """Matching / double-win per group and pruning method. Returns {group: summary}.
+
+    `rule` (`verdicts.Rule`); the `paired` rule reads per-example records through
+    `load(row.records) -> records.ExampleRecords` (e.g. `records.read_file` under the
+    workdir). Verdicts are "yes", "no", "inconclusive" or None (a side missing)."""
+    outcomes = _Outcomes(load) if rule.rule == "paired" else None
+    if outcomes is not None and load is None:
+        raise ValueError("the paired rule needs `load` to read per-example records")
     groups = collections.defaultdict(list)
     for row in rows:
         groups[_group_key(row)].append(row)
-    summary = {}
+    summary, pending = {}, []   # pending: (verdict dict, key, Comparison) for the bootstrap
     for key, members in sorted(groups.items(), key=lambda kv: str(kv[0])):
         by = collections.defaultdict(list)
         for r in members:
             by[(_method(r), r.ticket, r.regime)].append(r)
-        dense = {regime: _aggregate(by[("dense", "dense", regime)]) for regime in REGIMES
-                 if by.get(("dense", "dense", regime))}
+        dense_rows = {regime: by[("dense", "dense", regime)] for regime in REGIMES
+                      if by.get(("dense", "dense", regime))}
+        dense = {regime: _aggregate(found) for regime, found in dense_rows.items()}
         tickets = sorted({(_method(r), r.ticket, r.sparsity) for r in members
                           if r.ticket != "dense"},
                          key=lambda t: (t[2], METHODS.index(t[0]) if t[0] in METHODS else 9))
-        verdicts = []
+        group_verdicts = []
         for method, ticket, sparsity in tickets:
             verdict = {"method": method, "ticket": ticket, "sparsity": sparsity}
             for regime in REGIMES:
                 rows_here = by.get((method, ticket, regime))
                 stats = _aggregate(rows_here) if rows_here else None
-                base = dense.get(regime)
-                matching = None
-                if stats and base:
-                    slack_sa = tolerance if rule == "tolerance" else base["sa_std"]
-                    slack_ra = tolerance if rule == "tolerance" else base["ra_std"]
-                    matching = (stats["sa"] >= base["sa"] - slack_sa
-                                and stats["ra"] >= base["ra"] - slack_ra)
-                verdict[regime] = matching
                 for field in ("sa", "sa_std", "ra", "ra_std", "n"):
                     verdict[f"{regime}_{field}"] = stats[field] if stats else None
-            verdict["double_win"] = all(verdict[r] for r in REGIMES)
-            verdicts.append(verdict)
+                for metric in ("sa", "ra"):
+                    verdict[f"{regime}_{metric}_diff"] = None
+                    verdict[f"{regime}_{metric}_match"] = None
+                    if not (rows_here and regime in dense_rows):
+                        continue
+                    if outcomes is None:
+                        verdict[f"{regime}_{metric}_match"] = verdicts.by_means(
+                            [getattr(r, metric) for r in rows_here],
+                            [getattr(r, metric) for r in dense_rows[regime]], rule)
+                        continue
+                    comparison = outcomes.comparison(rows_here, dense_rows[regime], metric)
+                    if comparison is not None:
+                        pending.append((verdict, f"{regime}_{metric}", comparison))
+            group_verdicts.append(verdict)
+        summary[key] = {"dense": dense, "tickets": group_verdicts}
+    if pending:  # one vectorized bootstrap for every comparison of the study
+        differences = verdicts.paired_bootstrap([c for _, _, c in pending], rule)
+        for (verdict, name, _), difference in zip(pending, differences):
+            verdict[f"{name}_diff"] = difference
+            verdict[f"{name}_match"] = difference.verdict
+    for group in summary.values():
+        for verdict in group["tickets"]:
+            for regime in REGIMES:
+                verdict[regime] = verdicts.combine([verdict[f"{regime}_sa_match"],
+                                                    verdict[f"{regime}_ra_match"]])
+            verdict["double_win"] = verdicts.combine([verdict[r] for r in REGIMES])
         by_method = {}
-        for method in sorted({v["method"] for v in verdicts}):
-            double = [v for v in verdicts if v["method"] == method and v["double_win"]]
+        for method in sorted({v["method"] for v in group["tickets"]}):
+            double = [v for v in group["tickets"]
+                      if v["method"] == method and v["double_win"] == verdicts.YES]
             by_method[method] = max(double, key=lambda v: v["sparsity"]) if double else None
-        summary[key] = {"dense": dense, "tickets": verdicts,
-                        "sparsest_double_win": by_method.get("imp"),
-                        "sparsest_double_win_by_method": by_method}
+        group["sparsest_double_win"] = by_method.get("imp")
+        group["sparsest_double_win_by_method"] = by_method
     return summary
 
 
@@ -174,56 +233,70 @@ def _fmt(value, std=None, n=None):
     return f"{value:.2f}"
 
 
-def _mark(flag):
-    return "–" if flag is None else ("yes" if flag else "no")
+def _signed(value):
+    return f"{value:+.2f}"
 
 
-def _rule_text(tolerance, rule):
-    if rule == "std":
+def _interval(difference):
+    """"+0.40 [-0.90, +1.70]" (points) or "–"."""
+    if difference is None:
+        return "–"
+    return (f"{_signed(difference.estimate)} [{_signed(difference.low)}, "
+            f"{_signed(difference.high)}]")
+
+
+def _mark(verdict):
+    return "–" if verdict is None else verdict
+
+
+def _rule_text(rule: verdicts.Rule, examples):
+    if rule.rule == "paired":
+        size = f" {', '.join(f'{n:,}' for n in examples)}" if examples else ""
+        return (f"for SA and for RA, the difference ticket - dense on the same{size} test "
+                f"examples (points) with its {100 * rule.confidence:g} % paired-bootstrap "
+                f"interval ({rule.resamples:,} resamples; with several seeds hierarchical: "
+                "seeds, then examples); **yes**: the interval's lower end is above "
+                f"-{rule.margin:g} (non-inferior at a {rule.margin:g}-point margin), **no**: "
+                f"its upper end is below -{rule.margin:g}, **inconclusive**: it contains "
+                f"-{rule.margin:g}. A ticket matches under a regime when SA and RA both do")
+    if rule.rule == "std":
         return ("SA and RA (means over seeds) each at least the dense model's mean minus its "
                 "standard deviation over seeds, under the same transfer regime")
-    return (f"SA and RA (means over seeds) each within {tolerance:g} points of the dense "
-            "model's under the same transfer regime")
+    return (f"SA and RA (means over seeds) each within {rule.tolerance:g} points of the "
+            "dense model's under the same transfer regime")
 
 
-def markdown(rows, summary, tolerance, export_note=None, rule="tolerance", seeds=None,
-             audits=None, status=None):
+def _test_sizes(summary):
+    return sorted({d.examples for group in summary.values() for v in group["tickets"]
+                   for d in _differences(v) if d is not None})
+
+
+def _differences(verdict):
+    return [verdict.get(f"{regime}_{metric}_diff") for regime in REGIMES
+            for metric in ("sa", "ra")]
+
+
+def markdown(rows, summary, rule: verdicts.Rule, export_note=None, seeds=None, audits=None,
+             status=None, audit_differences=None):
     """The report. `audits`: [(row, AuditResult-like dict)] of audited models; `status`: a
-    line under the title (e.g. that the results are partial)."""
+    line under the title (e.g. that the results are partial); `audit_differences`: from
+    `compare_audits`."""
     seeds = sorted({r.seed for r in rows}) if seeds is None else list(seeds)
     lines = ["# Double-win lottery tickets: study report", ""] + ([status, ""] if status else [])
     lines += [
-             f"Matching (rule `{rule}`): {_rule_text(tolerance, rule)}; double-win: matching "
-             "under standard *and* adversarial transfer. SA = test SA of the best-SA "
-             "checkpoint, RA = test RA of the best-RA checkpoint (both selected on "
-             "validation).", "",
-             f"Seeds: {', '.join(str(s) for s in seeds)}" + (
-                 " (values: mean ± sample standard deviation over seeds)." if len(seeds) > 1
-                 else " (one seed per transfer: no spread to report)."), ""]
+             f"Matching (rule `{rule.rule}`): {_rule_text(rule, _test_sizes(summary))}; "
+             "double-win: matching under standard *and* adversarial transfer. SA = test SA "
+             "of the best-SA checkpoint, RA = test RA of the best-RA checkpoint (both "
+             "selected on validation).", "",
+             f"Seeds: {', '.join(str(s) for s in seeds)}" + _seeds_text(seeds, rule), ""]
     attacks = sorted({r.ra_attack for r in rows if r.ra_attack})
     if attacks:
         lines += ["RA measured with: " + "; ".join(attacks) + ".", ""]
+    if rule.rule == "paired":
+        lines += _tally(summary)
     for (pretraining, dataset, rate), group in summary.items():
-        lines += [f"## {pretraining} pre-training → {dataset}, data rate {rate:g}", "",
-                  "| ticket | method | sparsity | std SA | std RA | adv SA | adv RA | "
-                  "std match | adv match | double-win |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        dense = group["dense"]
-        cells = []
-        for regime in REGIMES:
-            d = dense.get(regime, {})
-            cells += [_fmt(d.get("sa"), d.get("sa_std"), d.get("n")),
-                      _fmt(d.get("ra"), d.get("ra_std"), d.get("n"))]
-        lines.append(f"| dense | | 0.00% | {' | '.join(cells)} | | | |")
-        for v in group["tickets"]:
-            cells = []
-            for regime in REGIMES:
-                cells += [_fmt(v[f"{regime}_sa"], v[f"{regime}_sa_std"], v[f"{regime}_n"]),
-                          _fmt(v[f"{regime}_ra"], v[f"{regime}_ra_std"], v[f"{regime}_n"])]
-            lines.append(
-                f"| {v['ticket']} | {v['method']} | {100 * v['sparsity']:.2f}% | "
-                f"{' | '.join(cells)} | {_mark(v['standard'])} | {_mark(v['adversarial'])} | "
-                f"{'**yes**' if v['double_win'] else 'no'} |")
+        lines += [f"## {pretraining} pre-training → {dataset}, data rate {rate:g}", ""]
+        lines += (_paired_table(group) if rule.rule == "paired" else _means_table(group))
         best = group["sparsest_double_win"]
         lines += ["", (f"Sparsest double-win ticket: **{best['ticket']}** "
                        f"({100 * best['sparsity']:.2f}% sparse)." if best
@@ -234,15 +307,145 @@ def markdown(rows, summary, tolerance, export_note=None, rule="tolerance", seeds
             lines.append("Sparsest double-win baseline: " + "; ".join(
                 f"{m}: " + (f"{v['ticket']} ({100 * v['sparsity']:.2f}%)" if v else "none")
                 for m, v in sorted(baselines.items())) + ".")
+        if rule.rule == "paired":
+            lines += _unsettled(group, rule)
         lines.append("")
     if audits:
-        lines += _audit_section(audits)
+        lines += _audit_section(audits, audit_differences or [])
     if export_note:
         lines += ["## Export", "", export_note, ""]
     return "\n".join(lines)
 
 
-def _audit_section(audits):
+def headline(summary):
+    """A few lines for the terminal: per setting, the sparsest double-win ticket and how
+    the double-win verdicts came out."""
+    lines = []
+    for (pretraining, dataset, rate), group in summary.items():
+        counts = collections.Counter(v["double_win"] for v in group["tickets"])
+        best = group["sparsest_double_win"]
+        lines.append(f"{pretraining} pre-training -> {dataset} @ {rate:g}: sparsest double-win "
+                     + (f"{best['ticket']} ({100 * best['sparsity']:.2f}%)" if best else "none")
+                     + "; double-win " + ", ".join(f"{counts[w]} {w}" for w in (
+                         verdicts.YES, verdicts.NO, verdicts.INCONCLUSIVE) if counts[w]))
+    return lines
+
+
+def _seeds_text(seeds, rule):
+    if len(seeds) > 1:
+        return " (values: mean ± sample standard deviation over seeds)."
+    if rule.rule == "paired":
+        return (" (one seed per transfer: no spread to report; the intervals cover the "
+                "choice of test examples, not training randomness).")
+    return " (one seed per transfer: no spread to report)."
+
+
+def _tally(summary):
+    """One line: how many double-win verdicts are yes / no / inconclusive."""
+    counts = collections.Counter(v["double_win"] for group in summary.values()
+                                 for v in group["tickets"])
+    if not counts:
+        return []
+    parts = [f"{counts[word]} {word}" for word in (verdicts.YES, verdicts.NO,
+                                                    verdicts.INCONCLUSIVE) if counts[word]]
+    missing = counts[None]
+    return [f"Double-win verdicts over {sum(counts.values())} tickets: " + ", ".join(parts)
+            + (f", {missing} not yet decidable (a transfer missing)" if missing else "")
+            + ".", ""]
+
+
+def _means_table(group):
+    lines = ["| ticket | method | sparsity | std SA | std RA | adv SA | adv RA | "
+             "std match | adv match | double-win |", "|---|---|---|---|---|---|---|---|---|---|"]
+    cells = []
+    for regime in REGIMES:
+        d = group["dense"].get(regime, {})
+        cells += [_fmt(d.get("sa"), d.get("sa_std"), d.get("n")),
+                  _fmt(d.get("ra"), d.get("ra_std"), d.get("n"))]
+    lines.append(f"| dense | | 0.00% | {' | '.join(cells)} | | | |")
+    for v in group["tickets"]:
+        cells = []
+        for regime in REGIMES:
+            cells += [_fmt(v[f"{regime}_sa"], v[f"{regime}_sa_std"], v[f"{regime}_n"]),
+                      _fmt(v[f"{regime}_ra"], v[f"{regime}_ra_std"], v[f"{regime}_n"])]
+        lines.append(
+            f"| {v['ticket']} | {v['method']} | {100 * v['sparsity']:.2f}% | "
+            f"{' | '.join(cells)} | {_mark(v['standard'])} | {_mark(v['adversarial'])} | "
+            f"{_double(v['double_win'])} |")
+    return lines
+
+
+def _double(verdict):
+    return "**yes**" if verdict == verdicts.YES else _mark(verdict)
+
+
+def _paired_table(group):
+    """Values, differences with intervals and verdicts, regime by regime."""
+    lines = ["| ticket | method | sparsity | std SA | ΔSA [95 % CI] | std RA | ΔRA [95 % CI] "
+             "| std match | adv SA | ΔSA [95 % CI] | adv RA | ΔRA [95 % CI] | adv match "
+             "| double-win |", "|" + "---|" * 14]
+    cells = []
+    for regime in REGIMES:
+        d = group["dense"].get(regime, {})
+        cells += [_fmt(d.get("sa"), d.get("sa_std"), d.get("n")), "",
+                  _fmt(d.get("ra"), d.get("ra_std"), d.get("n")), "", ""]
+    lines.append(f"| dense | | 0.00% | {' | '.join(cells)} | |")
+    for v in group["tickets"]:
+        cells = []
+        for regime in REGIMES:
+            for metric in ("sa", "ra"):
+                cells += [_fmt(v[f"{regime}_{metric}"], v[f"{regime}_{metric}_std"],
+                               v[f"{regime}_n"]), _interval(v[f"{regime}_{metric}_diff"])]
+            cells.append(_mark(v[regime]))
+        lines.append(f"| {v['ticket']} | {v['method']} | {100 * v['sparsity']:.2f}% | "
+                     f"{' | '.join(cells)} | {_double(v['double_win'])} |")
+    return lines
+
+
+def _unsettled(group, rule):
+    """Why the inconclusive verdicts are so, and what would settle each."""
+    lines = []
+    for v in group["tickets"]:
+        if v["double_win"] != verdicts.INCONCLUSIVE:
+            continue
+        parts = []
+        for regime in REGIMES:
+            for metric in ("sa", "ra"):
+                difference = v[f"{regime}_{metric}_diff"]
+                if difference is not None and difference.verdict == verdicts.INCONCLUSIVE:
+                    parts.append(f"{regime} {metric.upper()} {_interval(difference)} contains "
+                                 f"-{rule.margin:g}; {difference.settle(rule.margin)}")
+        lines.append(f"* Inconclusive: {v['ticket']} ({v['method']}, "
+                     f"{100 * v['sparsity']:.2f}%): " + "; ".join(parts) + ".")
+    return [""] + lines if lines else []
+
+
+def compare_audits(audits, rule: verdicts.Rule, load):
+    """Audited tickets against their audited dense model (same pre-training, dataset,
+    rate and regime), example by example: [(ticket row, dense row, {"pgd": Difference,
+    "autoattack": Difference})] -- does the ticket still match under the stronger attack?"""
+    dense = {(_group_key(r), r.regime): (r, result) for r, result in audits
+             if r.ticket == "dense"}
+    pairs, out = [], []
+    for row, result in audits:
+        found = dense.get((_group_key(row), row.regime))
+        if row.ticket == "dense" or found is None or "records" not in result \
+                or "records" not in found[1]:
+            continue
+        ours, theirs = load(result["records"]), load(found[1]["records"])
+        records.check_comparable(ours, theirs, row.cell, found[0].cell)
+        pairs.append((row, found[0], {attack: verdicts.Comparison(
+            ours.correct[attack], theirs.correct[attack]) for attack in ("pgd", "autoattack")}))
+    if not pairs:
+        return out
+    flat = [c for _, _, comparisons in pairs for c in comparisons.values()]
+    differences = iter(verdicts.paired_bootstrap(flat, rule))
+    for row, dense_row, comparisons in pairs:
+        out.append((row, dense_row, {attack: next(differences) for attack in comparisons}))
+    return out
+
+
+def _audit_section(audits, audit_differences):
     versions = sorted({result.get("version", "fast") for _, result in audits})
     attacks = [a for a in AUDIT_ATTACKS if any(a in result["ra"] for _, result in audits)]
     lines = ["## Robustness audit", "",
@@ -270,52 +473,18 @@ def _audit_section(audits):
             warnings.append(f"* Warning ({row.pretraining}, {row.ticket}, "
                             f"{row.regime}): {reason} -- RA measured by gradient-based "
                             "attacks may overstate robustness (gradient masking).")
-    return lines + [""] + warnings + ([""] if warnings else [])
+    lines += [""] + warnings + ([""] if warnings else [])
+    for row, dense_row, differences in audit_differences:
+        pgd, auto = differences["pgd"], differences["autoattack"]
+        lines += [f"What the audit changes for {row.ticket} ({row.pretraining} pre-training, "
+                  f"{row.regime} transfer, seed {row.seed}) against the dense model (seed "
+                  f"{dense_row.seed}) on the same {auto.examples} test examples: RA "
+                  f"difference {_interval(pgd)} under PGD ({pgd.verdict}), {_interval(auto)} "
+                  f"under AutoAttack ({auto.verdict}).", ""]
+    return lines
 
 
 def _version_text(version):
     if version == "standard":
         return "standard version: APGD-CE, APGD-T, FAB-T and Square, the RobustBench protocol"
     return "fast version, weaker than the standard one: APGD-CE, APGD-DLR and Square"
-
-
-def plot(rows, summary, workdir):
-    """One PNG per group: SA and RA versus sparsity per method and regime (error bars:
-    standard deviation over seeds), the dense model as reference lines."""
-    out_dir = os.path.join(workdir, "plots")
-    paths = []
-    styles = {"imp": "o-", "omp": "s--", "random": "^:"}
-    for (pretraining, dataset, rate), group in summary.items():
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
-        for ax, metric in zip(axes, ("sa", "ra")):
-            for regime, color in zip(REGIMES, ("tab:blue", "tab:red")):
-                for method in sorted({v["method"] for v in group["tickets"]}):
-                    points = sorted(
-                        (100 * v["sparsity"], v[f"{regime}_{metric}"],
-                         v[f"{regime}_{metric}_std"]) for v in group["tickets"]
-                        if v["method"] == method and v[f"{regime}_{metric}"] is not None)
-                    if points:
-                        x, y, err = zip(*points)
-                        ax.errorbar(x, y, yerr=err, fmt=styles.get(method, "o-"), color=color,
-                                    capsize=3, label=f"{method}, {regime}")
-                dense = group["dense"].get(regime)
-                if dense:
-                    ax.axhline(dense[metric], color=color, linestyle="--",
-                               label=f"dense, {regime}")
-                    if dense[f"{metric}_std"]:
-                        ax.axhspan(dense[metric] - dense[f"{metric}_std"],
-                                   dense[metric] + dense[f"{metric}_std"], color=color,
-                                   alpha=0.1)
-            ax.set_xlabel("sparsity (%)")
-            ax.set_ylabel(f"test {metric.upper()} (%)")
-            ax.grid(alpha=0.3)
-        axes[0].legend(fontsize=7)
-        fig.suptitle(f"{pretraining} pre-training → {dataset} (data rate {rate:g})")
-        fig.tight_layout()
-        path = os.path.join(out_dir, f"{pretraining}_{dataset}_{rate:g}.png")
-        image = io.BytesIO()
-        fig.savefig(image, format="png", dpi=100)
-        plt.close(fig)
-        files.update_bytes(path, image.getvalue())  # the same plot: nothing written
-        paths.append(path)
-    return paths

@@ -127,6 +127,11 @@ class Context:
                 f"{where}: {text}"
             raise type(e)(text) from None
 
+    def read_records(self, relative) -> records.ExampleRecords:
+        """Per-example records by their path relative to the workdir (`TransferRow.records`,
+        an audit's "records")."""
+        return records.read_file(os.path.join(self.workdir, relative))
+
     def cell_dir(self, kind, cell_identity):
         return os.path.join(self.workdir, "cells", f"{kind}_{identity.key(cell_identity)}")
 
@@ -419,7 +424,7 @@ class ExportStage:
 
     def inputs(self, ctx, cell):
         rows = list(_gather(ctx, cell.needs).values())
-        summary = report.analyze(rows, ctx.spec.tolerance, ctx.spec.rule)
+        summary = report.analyze(rows, ctx.spec.report, ctx.read_records)
         row, reason = report.choose_export(rows, summary)
         return {"row": row, "reason": reason}
 
@@ -519,7 +524,11 @@ class AuditStage:
         return not files.read_json(record) or records.exists(path, records.AUDIT_FILE)
 
     def output(self, ctx, cell, inputs, path):
-        return files.read_json(os.path.join(path, self.RECORD))
+        out = files.read_json(os.path.join(path, self.RECORD))
+        if out:  # where its per-example records are, relative to the workdir
+            out["records"] = os.path.relpath(records.path_in(path, records.AUDIT_FILE),
+                                             ctx.workdir)
+        return out
 
     def compute(self, ctx, cell, inputs, path):
         row = inputs["row"]

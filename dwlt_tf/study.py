@@ -187,10 +187,11 @@ class Study:
                     backoff = 1.0
                     continue
                 self._refuse_or_wait(blocked, deadline)
-                message = self._waiting_message(blocked)
-                if message != last_message:
-                    self.log(message)
-                    last_message = message
+                # Said again only when what it waits for changes (not a heartbeat's age).
+                waiting_for = sorted((a, why[0]) for a, why in blocked.items())
+                if waiting_for != last_message:
+                    self.log(self._waiting_message(blocked))
+                    last_message = waiting_for
                 time.sleep(backoff)  # a stop request during the sleep is seen next pass
                 backoff = min(backoff * 2, 60.0)
         except _StopWalking:

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Tuple
 import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 
 from dwlt_tf import audit as audit_lib
-from dwlt_tf import checks, convert, data, imp, report, train
+from dwlt_tf import checks, convert, data, imp, report, train, verdicts
 from dwlt_tf import leases as leases_lib
 from dwlt_tf import config as cfg
 
@@ -80,13 +80,12 @@ class StudySpec:
     ticket_rounds: List[int]
     datasets: List[data.DataSpec]          # one per (dataset, data rate)
     transfer: Dict[str, train.TrainSpec]   # "<regime>" or "<regime>:<dataset>" -> spec
-    tolerance: float
+    report: verdicts.Rule                  # how tickets are judged (the `report` section)
     export: dict
     seeds: List[int]                       # every transfer runs once per seed
     methods: List[str]                     # "imp" and the baselines ("omp", "random")
     baseline_rounds: List[int]             # IMP rounds whose sparsity the baselines match
     pruning_seed: int                      # the random baseline's
-    rule: str                              # matching rule: "tolerance" or "std"
     audit: Optional[audit_lib.AuditSpec]   # None: no robustness audit
     leases: leases_lib.Settings = leases_lib.Settings()
     launcher: Launcher = Launcher()
@@ -103,15 +102,14 @@ def study_spec(config) -> StudySpec:
     imp_spec = cfg.imp_spec(config.imp)
     rounds = _ticket_rounds(config.tickets, imp_spec)
     methods, baseline_rounds, pruning_seed = _pruning(config.get("pruning"), rounds)
-    tolerance, rule = _report(config.report)
     return StudySpec(
         model=model, source=cfg.data_spec(config.source, "source"),
         pretrainings=_pretrainings(config.pretrainings, config.imp.train, model),
         imp=imp_spec, ticket_rounds=rounds, datasets=_downstream(config.downstream),
         transfer=_transfer(config.transfer, config.downstream.datasets),
-        tolerance=float(tolerance), export=_export(config.export), seeds=_seeds(config),
+        report=_report(config.report), export=_export(config.export), seeds=_seeds(config),
         methods=methods, baseline_rounds=baseline_rounds, pruning_seed=pruning_seed,
-        rule=rule, audit=_audit(config.get("audit")), leases=_leases(config.get("leases")),
+        audit=_audit(config.get("audit")), leases=_leases(config.get("leases")),
         launcher=_launcher(config.get("launcher")))
 
 
@@ -231,10 +229,9 @@ def _transfer(section, dataset_names):
 
 
 def _report(section):
-    cfg.check_keys(section, ("tolerance", "rule"), "report")
-    tolerance = checks.number("report.tolerance", section.tolerance, 0.0)  # points
-    rule = checks.choice("report.rule", section.get("rule", "tolerance"), report.RULES)
-    return tolerance, rule
+    values = cfg.to_dict(section)
+    cfg.check_keys(values, [f.name for f in dataclasses.fields(verdicts.Rule)], "report")
+    return verdicts.Rule(**values)
 
 
 def _export(section):

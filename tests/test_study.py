@@ -14,12 +14,15 @@ import time
 import warnings
 from unittest import mock
 
+import numpy as np
 import pytest
 
 from conftest import BUNDLED_CIFAR, REPO, load_config, snapshot
 from dwlt_tf import config as cfg
-from dwlt_tf import (convert, data, leases, pipeline, preemption, report, runs, stages,
-                     study, tickets, train, transfer)
+from dwlt_tf import (convert, data, leases, pipeline, preemption, records, report, runs,
+                     stages, study, tickets, train, transfer, verdicts)
+
+TOLERANCE = verdicts.Rule("tolerance")
 
 SIGNALLER = os.path.join(REPO, "tests", "signal_worker.py")
 
@@ -192,25 +195,99 @@ def test_double_win_logic_on_constructed_results():
              _row("round 8", "adversarial", 81.0, 49.0, 0.8322),  # RA worse -> not matching
              _row("round 10", "standard", 89.0, 12.0, 0.8926),  # SA worse
              _row("round 10", "adversarial", 82.0, 51.0, 0.8926)]
-    summary = report.analyze(rows)
+    summary = report.analyze(rows, TOLERANCE)
     (group,) = summary.values()
-    verdicts = {v["ticket"]: v for v in group["tickets"]}
-    assert verdicts["round 6"]["double_win"] is True
-    assert (verdicts["round 8"]["standard"], verdicts["round 8"]["adversarial"]) == (True, False)
-    assert (verdicts["round 10"]["standard"], verdicts["round 10"]["adversarial"]) == (False, True)
+    by_ticket = {v["ticket"]: v for v in group["tickets"]}
+    assert by_ticket["round 6"]["double_win"] == "yes"
+    assert (by_ticket["round 8"]["standard"], by_ticket["round 8"]["adversarial"]) == (
+        "yes", "no")
+    assert (by_ticket["round 10"]["standard"], by_ticket["round 10"]["adversarial"]) == (
+        "no", "yes")
     assert group["sparsest_double_win"]["ticket"] == "round 6"
     # With a 1-point tolerance round 8 and round 10 become double-win; round 10 is sparser.
-    loose = list(report.analyze(rows, tolerance=1.0).values())[0]
+    loose = list(report.analyze(rows, verdicts.Rule("tolerance", tolerance=1.0)).values())[0]
     assert loose["sparsest_double_win"]["ticket"] == "round 10"
     row, reason = report.choose_export(rows, summary)
     assert row.ticket == "round 6" and row.regime == "adversarial"
     assert "sparsest double-win" in reason
     # No double-win ticket: the best adversarial RA is exported, and the report says so.
     none = [r for r in rows if r.ticket != "round 6"]
-    row, reason = report.choose_export(none, report.analyze(none))
+    row, reason = report.choose_export(none, report.analyze(none, TOLERANCE))
     assert row.ticket == "round 10" and "no ticket is double-win" in reason
-    text = report.markdown(rows, summary, 0.0, reason)
+    text = report.markdown(rows, summary, TOLERANCE, reason)
     assert "| round 6 | imp | 73.79% |" in text and "Sparsest double-win ticket: **round 6**" in text
+
+
+def _recorded_rows(workdir, ticket, regime, clean, robust, sparsity=0.0, seed=1,
+                   order="5000:test-order"):
+    """A row whose per-example records (`clean` for SA, `robust` for RA) are on disk."""
+    cell = os.path.join(workdir, "cells", f"{ticket}-{regime}-s{seed}".replace(" ", "_"))
+    kept = records.ExampleRecords("test", order, len(clean), {
+        "best_sa/clean": clean, "best_sa/robust": robust,
+        "best_ra/clean": clean, "best_ra/robust": robust})
+    records.write(cell, kept)
+    return dataclasses.replace(
+        _row(ticket, regime, kept.accuracy("best_sa/clean"), kept.accuracy("best_ra/robust"),
+             sparsity, seed=seed),
+        cell=os.path.relpath(cell, workdir),
+        records=os.path.relpath(records.path_in(cell), workdir))
+
+
+def _flipped(values, fraction, rng, to):
+    """`values` with `fraction` of its examples set to `to` (where they were not)."""
+    out = values.copy()
+    candidates = np.flatnonzero(values != to)
+    out[rng.choice(candidates, int(fraction * len(values)), replace=False)] = to
+    return out
+
+
+def test_paired_verdicts_on_recorded_examples(tmp_path):
+    rng = np.random.default_rng(0)
+    workdir = str(tmp_path)
+    n = 5000
+    dense = {regime: (rng.random(n) < 0.8, rng.random(n) < 0.4) for regime in report.REGIMES}
+    rows = [_recorded_rows(workdir, "dense", regime, *dense[regime])
+            for regime in report.REGIMES]
+    # round 2: the dense model's own outcomes (identical: matches); round 4: 5 points
+    # worse in adversarial RA (no); round 5: 1 point worse in standard SA (inconclusive).
+    for regime in report.REGIMES:
+        clean, robust = dense[regime]
+        rows.append(_recorded_rows(workdir, "round 2", regime, clean, robust, 0.6))
+        rows.append(_recorded_rows(workdir, "round 4", regime, clean, _flipped(
+            robust, 0.05, rng, False) if regime == "adversarial" else robust, 0.84))
+        rows.append(_recorded_rows(workdir, "round 5", regime, _flipped(
+            clean, 0.01, rng, False) if regime == "standard" else clean, robust, 0.9))
+    rule = verdicts.Rule(margin=1.0, resamples=1000)
+
+    def load(relative):
+        return records.read_file(os.path.join(workdir, relative))
+    (group,) = report.analyze(rows, rule, load).values()
+    by_ticket = {v["ticket"]: v for v in group["tickets"]}
+    assert by_ticket["round 2"]["double_win"] == "yes"
+    assert by_ticket["round 2"]["adversarial_ra_diff"].estimate == 0.0
+    assert by_ticket["round 4"]["adversarial_ra_match"] == "no"
+    assert by_ticket["round 4"]["adversarial_ra_diff"].estimate == pytest.approx(-5.0)
+    assert by_ticket["round 4"]["double_win"] == "no"
+    assert by_ticket["round 5"]["standard_sa_match"] == "inconclusive"
+    assert by_ticket["round 5"]["double_win"] == "inconclusive"
+    assert group["sparsest_double_win"]["ticket"] == "round 2"
+    text = report.markdown(rows, {("adversarial", "cifar10", 1.0): group}, rule)
+    assert "rule `paired`" in text and "same 5,000 test examples" in text
+    assert "| round 4 | imp | 84.00% |" in text and "-5.00 [" in text
+    assert "* Inconclusive: round 5 (imp, 90.00%): standard SA -1.00 [" in text
+    assert "Double-win verdicts over 3 tickets: 1 yes, 1 no, 1 inconclusive." in text
+    assert report.analyze(rows, rule, load) == report.analyze(rows, rule, load)  # seeded
+    # The records must be the examples of the dense model's, in the same order.
+    other = _recorded_rows(workdir, "round 6", "standard", *dense["standard"], 0.95,
+                           order="5000:another-order")
+    with pytest.raises(records.RecordsError) as error:
+        report.analyze(rows + [other], rule, load)
+    assert "\n" not in str(error.value)
+    assert "round_6-standard" in str(error.value) and "dense-standard" in str(error.value)
+    # A record that does not reproduce its row's number is refused.
+    wrong = dataclasses.replace(rows[-1], sa=rows[-1].sa + 1)
+    with pytest.raises(records.RecordsError, match="does not reproduce the run's reported SA"):
+        report.analyze(rows[:-1] + [wrong], rule, load)
 
 
 # ------------------------------------------------------------------- end to end
@@ -244,6 +321,19 @@ def test_tiny_study_writes_every_artifact(tiny_study):
         assert json.load(f) == [r.record() for r in rows]
     text = open(os.path.join(workdir, "report.md")).read()
     assert "cifar10_jpeg_small[5,6,7,8,9]" in text and "## Export" in text
+    # Every transfer keeps which of the 500 test images each selected checkpoint got
+    # right; the verdicts compare them with the dense model's (the `paired` rule).
+    for row in rows:
+        kept = records.read_file(os.path.join(workdir, row.records))
+        assert kept.count == 500 and os.path.dirname(row.records) == row.cell
+        assert (kept.accuracy("best_sa/clean"), kept.accuracy("best_ra/robust")) == (
+            row.sa, row.ra)
+    assert "Matching (rule `paired`)" in text and "same 500 test examples" in text
+    assert "| ΔSA [95 % CI] |" in text
+    for v in summary[("adversarial", "cifar10_jpeg_small[5,6,7,8,9]", 0.2)]["tickets"]:
+        assert v["double_win"] in ("yes", "no", "inconclusive")
+        difference = v["adversarial_ra_diff"]
+        assert difference.low <= difference.estimate <= difference.high
     (png,) = glob.glob(os.path.join(workdir, "plots", "*.png"))
     with open(png, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -464,9 +554,15 @@ def test_transfer_records_and_warns_when_ticket_and_weights_differ(tiny_study, t
 
 
 def _assert_same_results(workdir, reference):
-    """The study in `workdir` ended with the reference run's results.csv, byte for byte."""
+    """The study in `workdir` ended with the reference run's results.csv and per-example
+    records, byte for byte."""
     with open(os.path.join(reference, "results.csv")) as f:
         assert (workdir / "results.csv").read_text() == f.read()
+    theirs = sorted(glob.glob(os.path.join(reference, "cells", "*", records.FILE)))
+    assert len(theirs) == len(glob.glob(os.path.join(reference, "cells", "transfer_*")))
+    for path in theirs:
+        ours = workdir / os.path.relpath(path, reference)
+        assert ours.read_bytes() == open(path, "rb").read(), ours
 
 
 def _nothing_half_written(workdir):
@@ -548,18 +644,19 @@ def _rows_over_seeds(ticket, values, sparsity=0.0):
 def test_seeds_are_averaged_and_the_std_rule_uses_the_dense_spread():
     rows = _rows_over_seeds("dense", [(80, 40), (82, 41), (84, 42)])     # 82 +- 2, 41 +- 1
     rows += _rows_over_seeds("round 6", [(80, 40), (81, 41), (80.5, 40.5)], 0.7379)  # 80.5, 40.5
-    (strict,) = report.analyze(rows, 0.0, "tolerance").values()
-    (spread,) = report.analyze(rows, 0.0, "std").values()
+    std = verdicts.Rule("std")
+    (strict,) = report.analyze(rows, TOLERANCE).values()
+    (spread,) = report.analyze(rows, std).values()
     assert spread["dense"]["standard"] == {"sa": 82.0, "sa_std": 2.0, "ra": 41.0,
                                            "ra_std": 1.0, "n": 3}
-    assert strict["tickets"][0]["double_win"] is False   # 80.5 < 82
-    assert spread["tickets"][0]["double_win"] is True    # 80.5 >= 82 - 2, 40.5 >= 41 - 1
-    text = report.markdown(rows, report.analyze(rows, 0.0, "std"), 0.0, rule="std")
+    assert strict["tickets"][0]["double_win"] == "no"    # 80.5 < 82
+    assert spread["tickets"][0]["double_win"] == "yes"   # 80.5 >= 82 - 2, 40.5 >= 41 - 1
+    text = report.markdown(rows, report.analyze(rows, std), std)
     assert "rule `std`" in text and "Seeds: 1, 2, 3 (values: mean ± sample standard" in text
     assert "| dense | | 0.00% | 82.00 ± 2.00 | 41.00 ± 1.00 |" in text
     # The export takes, among the seeds, the run with the best validation RA.
     rows = [dataclasses.replace(r, val_ra={1: 30.0, 2: 35.0, 3: 31.0}[r.seed]) for r in rows]
-    row, _ = report.choose_export(rows, report.analyze(rows, 0.0, "std"))
+    row, _ = report.choose_export(rows, report.analyze(rows, std))
     assert (row.ticket, row.regime, row.seed) == ("round 6", "adversarial", 2)
 
 

@@ -213,6 +213,20 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert _comparable(reference / train.METRICS_FILE) == _comparable(killed / train.METRICS_FILE)
     ra, rb = (json.loads((d / train.RESULT_FILE).read_text()) for d in (reference, killed))
     assert (ra["best_sa"], ra["best_ra"]) == (rb["best_sa"], rb["best_ra"])
+    assert (reference / "test_records.json").read_bytes() == \
+        (killed / "test_records.json").read_bytes()
+    # Killed right after writing its per-example records, before result.json: the same
+    # command finishes the run with the same records and results.
+    late = tmp_path / "late"
+    proc = _run_worker(late, "--die_after_records", wait=False)
+    proc.wait(timeout=600)
+    assert proc.returncode == -signal.SIGKILL
+    assert (late / "test_records.json").exists() and not (late / train.RESULT_FILE).exists()
+    _run_worker(late)
+    assert (late / "test_records.json").read_bytes() == \
+        (reference / "test_records.json").read_bytes()
+    rc = json.loads((late / train.RESULT_FILE).read_text())
+    assert (rc["best_sa"], rc["best_ra"]) == (ra["best_sa"], ra["best_ra"])
 
 
 def _free_ports(n):
@@ -306,3 +320,33 @@ def test_mixed_precision_trains_with_float32_masters_and_zero_masks(tmp_path, pr
     logits = result.model(np.zeros((2, 32, 32, 3), np.float32))
     assert logits.dtype == tf.float32
     assert tf_keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
+
+
+def test_test_records_explain_the_reported_numbers_and_are_backfilled(tmp_path, splits):
+    from dwlt_tf import records  # pylint: disable=import-outside-toplevel
+    spec = train.TrainSpec(epochs=2, batch_size=64, lr=0.05, eval_attack=SMALL_PGD, verbose=0,
+                           eval_batch_size=200)
+    result = train.fit(_model_fn(splits), splits, spec, str(tmp_path))
+    kept = records.read(str(tmp_path))  # written with the result
+    assert kept.count == splits.num_test and kept.order == splits.example_order("test")
+    for which in ("sa", "ra"):
+        best = result.best(which)
+        assert kept.accuracy(f"best_{which}/clean") == best.test_sa
+        assert kept.accuracy(f"best_{which}/robust") == best.test_ra
+    # A run finished before records existed gets them from its best checkpoints -- the
+    # same bits, since evaluation is deterministic -- without training again.
+    os.unlink(records.path_in(str(tmp_path)))
+    mtime = os.path.getmtime(tmp_path / train.RESULT_FILE)
+    train.fit(_model_fn(splits), splits, spec, str(tmp_path))
+    back = records.read(str(tmp_path))
+    assert os.path.getmtime(tmp_path / train.RESULT_FILE) == mtime
+    for name, values in kept.correct.items():
+        assert np.array_equal(back.correct[name], values), name
+    # A result the checkpoints do not reproduce gets no records that would not explain it.
+    os.unlink(records.path_in(str(tmp_path)))
+    stored = json.load(open(tmp_path / train.RESULT_FILE))
+    stored["best_sa"]["test_sa"] += 1.0
+    json.dump(stored, open(tmp_path / train.RESULT_FILE, "w"))
+    with pytest.raises(RuntimeError, match="does not reproduce"):
+        train.fit(_model_fn(splits), splits, spec, str(tmp_path))
+    assert not records.exists(str(tmp_path))

@@ -25,6 +25,8 @@ flags.DEFINE_integer("checkpoint_every_steps", 2, "Step checkpoints.")
 flags.DEFINE_integer("eval_batch_size", 256, "Evaluation batch size.")
 flags.DEFINE_enum("strategy", "default", list(runtime.STRATEGIES), "Distribution strategy.")
 flags.DEFINE_integer("slow_ms", 0, "Sleep per step (gives a test time to kill us).")
+flags.DEFINE_bool("die_after_records", False, "SIGKILL this process right after it writes "
+                                              "its test records (before result.json).")
 flags.DEFINE_bool("record_indices", False, "Write the training examples this process read "
                                            "to <workdir>/indices-<task>.json.")
 
@@ -77,6 +79,16 @@ def main(argv):
             tf.py_function(lambda: time.sleep(FLAGS.slow_ms / 1000), [], [])
             return out
         train.TrainingRun._train_step = slow  # pylint: disable=protected-access
+
+    if FLAGS.die_after_records:
+        import signal  # pylint: disable=import-outside-toplevel
+        from dwlt_tf import records  # pylint: disable=import-outside-toplevel
+        original_write = records.write
+
+        def write_then_die(*args, **kwargs):
+            original_write(*args, **kwargs)
+            os.kill(os.getpid(), signal.SIGKILL)
+        records.write = write_then_die
 
     spec = train.TrainSpec(mode=FLAGS.mode, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
                            lr=0.05, milestones=(1,), attack=attacks.Attack(8 / 255, 2 / 255, 2)

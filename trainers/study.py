@@ -25,7 +25,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from dwlt_tf import cli, errors, launcher, study
+from dwlt_tf import cli, errors, launcher, report, study
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "configs/study.py[:variant]")
@@ -98,8 +98,10 @@ def main(argv):
         strategy = cli.setup(config)
         runner = study.Study(config, workdir, strategy, select=select, wait=FLAGS.wait,
                              wait_timeout=FLAGS.wait_timeout or None, spec=spec)
-        runner.run()
+        _, summary = runner.run()
     if select is None:
+        for line in report.headline(summary):
+            print(line)
         print(f"study finished: {FLAGS.workdir}/report.md")
         return
     print(f"{select.description}: ran {len(runner.ran)} cells, {len(runner.finished)} "

@@ -12,7 +12,7 @@ other settings, weights, ticket or data is refused (--overwrite moves it aside).
 from absl import app, flags
 from ml_collections import config_flags
 
-from dwlt_tf import cli, report, transfer
+from dwlt_tf import cli, transfer, verdicts
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "configs/transfer.py[:variant]")
@@ -40,8 +40,8 @@ def main(argv):
             print(f"seed {seed}, {best.checkpoint} checkpoint (epoch {best.epoch + 1}): test "
                   f"SA {_pct(best.test_sa)}, test RA {_pct(best.test_ra)}")
     if len(results) > 1 and results[0].best_sa.test_sa is not None:
-        sa = report.mean_std([r.best_sa.test_sa for r in results])
-        ra = report.mean_std([r.best_ra.test_ra or 0.0 for r in results])
+        sa = verdicts.mean_std([r.best_sa.test_sa for r in results])
+        ra = verdicts.mean_std([r.best_ra.test_ra or 0.0 for r in results])
         print(f"over seeds {list(seeds)}: test SA {sa[0]:.2f} +- {sa[1]:.2f}%, test RA "
               f"{ra[0]:.2f} +- {ra[1]:.2f}% (best-SA / best-RA checkpoints)")
     print(f"results: {FLAGS.workdir}/{'seed_<s>/' if seeds else ''}result.json")
