@@ -18,19 +18,43 @@ Variants:
         --config.source.data_dir=~/tensorflow_datasets \
         --config.downstream.dataset.data_dir=~/tensorflow_datasets
 
-* `quickstart`: the same study in miniature on 2 CPU cores in about 14 minutes, on the
-  real CIFAR-10 images bundled in data/ (JPEG q75 copy): a base_width-8 ResNet-18
-  (cifar stem, 32 px) is pre-trained here on classes 0-4 with standard training, then
-  fine-tuned from that with PGD training for the robust pre-training; IMP finds 3 tickets per pre-training on that source task (a 40 %
-  pruning rate, so 3 rounds reach 78 % sparsity); the dense model and every ticket are
-  transferred to classes 5-9 at data rate 0.5 under standard and PGD training, with the
-  OMP and random baselines at the sparsest ticket; SA and RA (PGD-10) are reported. Only
-  sizes shrink; every stage of `paper` but the audit runs (see `audit`).
+* `cifar`: the CIFAR-scale replication, on 2 CPU cores in ~2.5 hours (README
+  "Results"): a base_width-8 ResNet-18 (cifar stem, 32 px) pre-trained on all 25,000
+  training images of CIFAR-10 classes 0-4 -- standard training (15 epochs), and PGD-3
+  training continued from it (10 epochs) for the robust pre-training; IMP with rewinding
+  on that source task (37 % of the remaining conv weights per round, tickets 3 and 5 at
+  75.0 % and 90.1 % sparsity); OMP and random baselines at 90.1 %; transfer of the dense
+  models and the tickets to classes 5-9 at data rates 0.1 and 0.5 under standard and
+  PGD-3 training, 3 seeds, test SA/RA (PGD-10) on all 5,000 test images; the `paired`
+  rule; the standard AutoAttack audit of the dense models (first seed) and the exported
+  ticket on 500 test images. Reads TFDS's `cifar10` (the reference's splits):
+
+    python trainers/study.py --config=configs/study.py:cifar --workdir=runs/cifar \
+        --config.source.data_dir=~/tensorflow_datasets \
+        --config.downstream.dataset.data_dir=~/tensorflow_datasets
+
+* `cifar_jpeg`: the same on the JPEG copy of CIFAR-10 unpacked into data/cifar10_jpeg
+  (data/README.md) as an ImageFolder; this is how docs/results/cifar was made, with two
+  processes sharing the workdir (one thread each):
+
+    python trainers/study.py --config=configs/study.py:cifar_jpeg --workdir=runs/cifar \
+        --config.runtime.intra_op_threads=1 &   # and the same command once more
+
+* `quickstart`: the same study in miniature on 2 CPU cores in about 15 minutes, with
+  verdicts that can conclude: the pre-trained weights of `cifar_jpeg` (weights/, made by
+  its pre-training cells, weights/README.md) as the standard and the robust
+  pre-training; IMP finds 3 tickets per pre-training on the bundled source images
+  (CIFAR-10 classes 0-4 in data/cifar10_jpeg_small; 50 % per round: 50 / 75 / 87.5 %
+  sparse); the dense model and every ticket are transferred to the bundled downstream
+  task (classes 5-9, data/cifar10_jpeg_transfer: 900 training images, 1,500 test images)
+  under standard and PGD-3 training, with the OMP and random baselines at the sparsest
+  ticket; SA and RA (PGD-10) with paired verdicts. Every stage of `paper` but the audit
+  runs (see `audit`).
 
     python trainers/study.py --config=configs/study.py:quickstart --workdir=runs/quickstart
 
 * `audit`: the quickstart plus the robustness audit -- AutoAttack's standard version:
-  APGD-CE, APGD-T and FAB-T with 100 iterations, Square with 5,000 queries, on the 500
+  APGD-CE, APGD-T and FAB-T with 100 iterations, Square with 5,000 queries, on the 1,500
   test images -- of the dense models and the exported ticket. Its cells are the
   quickstart's, so after the quickstart it only audits:
 
@@ -39,16 +63,19 @@ Variants:
 * `tiny`: a seconds-scale study for tests (2 IMP rounds, 1 epoch everywhere).
 
 Rigor settings (every variant; override with dotted flags): `seeds` -- every transfer
-runs once per seed; `report.rule` -- `tolerance` (within `report.tolerance` points of
-the dense model) or `std` (within one standard deviation of the dense model over
-seeds); `pruning.methods` -- `imp` plus the baselines `omp` (one-shot magnitude pruning
-of the pre-trained weights) and `random`, each at the exact sparsity of the IMP tickets
-in `pruning.rounds` (empty: every transferred round); `audit` -- the robustness audit
-(`dwlt_tf/audit.py`, AutoAttack). `paper` uses 3 seeds, the `std`
-rule, both baselines at every ticket and the standard AutoAttack audit (x3 the
-transfer runs of IMP alone: narrow with --config.pruning.rounds=8,11). The quickstart
-uses one seed (with the `tolerance` rule at 0 points) and the baselines at its sparsest
-ticket, to stay within ~15 minutes.
+runs once per seed; `report` -- how tickets are judged (dwlt_tf/verdicts.py): `rule`
+`paired` (the default: the difference ticket - dense on the same test examples with a
+`confidence` paired-bootstrap interval over `resamples` resamples, hierarchical over
+seeds, against a non-inferiority `margin` in points: yes / no / inconclusive), or the
+older `tolerance` (within `tolerance` points of the dense mean) and `std` (within one
+standard deviation of the dense model over seeds); `pruning.methods` -- `imp` plus the
+baselines `omp` (one-shot magnitude pruning of the pre-trained weights) and `random`,
+each at the exact sparsity of the IMP tickets in `pruning.rounds` (empty: every
+transferred round); `audit` -- the robustness audit (`dwlt_tf/audit.py`, AutoAttack).
+`paper` uses 3 seeds, both baselines at every ticket and the standard AutoAttack audit
+(x3 the transfer runs of IMP alone: narrow with --config.pruning.rounds=8,11). The
+quickstart uses one seed (its intervals cover the test examples, not training
+randomness) and the baselines at its sparsest ticket, to stay within ~15 minutes.
 """
 import importlib.util
 import os

@@ -129,57 +129,68 @@ def analyze(rows, rule: verdicts.Rule, load=None):
         groups[_group_key(row)].append(row)
     summary, pending = {}, []   # pending: (verdict dict, key, Comparison) for the bootstrap
     for key, members in sorted(groups.items(), key=lambda kv: str(kv[0])):
-        by = collections.defaultdict(list)
-        for r in members:
-            by[(_method(r), r.ticket, r.regime)].append(r)
-        dense_rows = {regime: by[("dense", "dense", regime)] for regime in REGIMES
-                      if by.get(("dense", "dense", regime))}
-        dense = {regime: _aggregate(found) for regime, found in dense_rows.items()}
-        tickets = sorted({(_method(r), r.ticket, r.sparsity) for r in members
-                          if r.ticket != "dense"},
-                         key=lambda t: (t[2], METHODS.index(t[0]) if t[0] in METHODS else 9))
-        group_verdicts = []
-        for method, ticket, sparsity in tickets:
-            verdict = {"method": method, "ticket": ticket, "sparsity": sparsity}
-            for regime in REGIMES:
-                rows_here = by.get((method, ticket, regime))
-                stats = _aggregate(rows_here) if rows_here else None
-                for field in ("sa", "sa_std", "ra", "ra_std", "n"):
-                    verdict[f"{regime}_{field}"] = stats[field] if stats else None
-                for metric in ("sa", "ra"):
-                    verdict[f"{regime}_{metric}_diff"] = None
-                    verdict[f"{regime}_{metric}_match"] = None
-                    if not (rows_here and regime in dense_rows):
-                        continue
-                    if outcomes is None:
-                        verdict[f"{regime}_{metric}_match"] = verdicts.by_means(
-                            [getattr(r, metric) for r in rows_here],
-                            [getattr(r, metric) for r in dense_rows[regime]], rule)
-                        continue
-                    comparison = outcomes.comparison(rows_here, dense_rows[regime], metric)
-                    if comparison is not None:
-                        pending.append((verdict, f"{regime}_{metric}", comparison))
-            group_verdicts.append(verdict)
-        summary[key] = {"dense": dense, "tickets": group_verdicts}
+        summary[key] = _judge_group(members, rule, outcomes, pending)
     if pending:  # one vectorized bootstrap for every comparison of the study
         differences = verdicts.paired_bootstrap([c for _, _, c in pending], rule)
         for (verdict, name, _), difference in zip(pending, differences):
             verdict[f"{name}_diff"] = difference
             verdict[f"{name}_match"] = difference.verdict
     for group in summary.values():
-        for verdict in group["tickets"]:
-            for regime in REGIMES:
-                verdict[regime] = verdicts.combine([verdict[f"{regime}_sa_match"],
-                                                    verdict[f"{regime}_ra_match"]])
-            verdict["double_win"] = verdicts.combine([verdict[r] for r in REGIMES])
-        by_method = {}
-        for method in sorted({v["method"] for v in group["tickets"]}):
-            double = [v for v in group["tickets"]
-                      if v["method"] == method and v["double_win"] == verdicts.YES]
-            by_method[method] = max(double, key=lambda v: v["sparsity"]) if double else None
-        group["sparsest_double_win"] = by_method.get("imp")
-        group["sparsest_double_win_by_method"] = by_method
+        _conclude(group)
     return summary
+
+
+def _judge_group(members, rule, outcomes, pending):
+    """One group's values and per-metric verdicts; paired comparisons go to `pending`."""
+    by = collections.defaultdict(list)
+    for r in members:
+        by[(_method(r), r.ticket, r.regime)].append(r)
+    dense_rows = {regime: by[("dense", "dense", regime)] for regime in REGIMES
+                  if by.get(("dense", "dense", regime))}
+    tickets = sorted({(_method(r), r.ticket, r.sparsity) for r in members
+                      if r.ticket != "dense"},
+                     key=lambda t: (t[2], METHODS.index(t[0]) if t[0] in METHODS else 9))
+    group_verdicts = []
+    for method, ticket, sparsity in tickets:
+        verdict = {"method": method, "ticket": ticket, "sparsity": sparsity}
+        for regime in REGIMES:
+            rows_here = by.get((method, ticket, regime))
+            stats = _aggregate(rows_here) if rows_here else None
+            for field in ("sa", "sa_std", "ra", "ra_std", "n"):
+                verdict[f"{regime}_{field}"] = stats[field] if stats else None
+            for metric in ("sa", "ra"):
+                verdict[f"{regime}_{metric}_diff"] = None
+                verdict[f"{regime}_{metric}_match"] = None
+                if not (rows_here and regime in dense_rows):
+                    continue
+                if outcomes is None:
+                    verdict[f"{regime}_{metric}_match"] = verdicts.by_means(
+                        [getattr(r, metric) for r in rows_here],
+                        [getattr(r, metric) for r in dense_rows[regime]], rule)
+                    continue
+                comparison = outcomes.comparison(rows_here, dense_rows[regime], metric)
+                if comparison is not None:
+                    pending.append((verdict, f"{regime}_{metric}", comparison))
+        group_verdicts.append(verdict)
+    return {"dense": {regime: _aggregate(found) for regime, found in dense_rows.items()},
+            "tickets": group_verdicts}
+
+
+def _conclude(group):
+    """Per ticket: matching per regime (SA and RA) and double-win; per method, the
+    sparsest double-win ticket."""
+    for verdict in group["tickets"]:
+        for regime in REGIMES:
+            verdict[regime] = verdicts.combine([verdict[f"{regime}_sa_match"],
+                                                verdict[f"{regime}_ra_match"]])
+        verdict["double_win"] = verdicts.combine([verdict[r] for r in REGIMES])
+    by_method = {}
+    for method in sorted({v["method"] for v in group["tickets"]}):
+        double = [v for v in group["tickets"]
+                  if v["method"] == method and v["double_win"] == verdicts.YES]
+        by_method[method] = max(double, key=lambda v: v["sparsity"]) if double else None
+    group["sparsest_double_win"] = by_method.get("imp")
+    group["sparsest_double_win_by_method"] = by_method
 
 
 def _best_seed(rows):

@@ -93,11 +93,18 @@ def test_every_config_variant_validates(tmp_path):
     assert plan.transfer["adversarial:svhn"].schedule == "cosine"
     assert plan.pretrainings["adversarial"].imp.mode == "pgd"
     assert plan.pretrainings["standard"].imp.mode == "standard"
-    for variant in ("quickstart", "audit", "tiny"):
-        study.study_spec(load_config("study", variant))
+    for variant in ("quickstart", "audit", "tiny", "cifar", "cifar_jpeg"):
+        spec = study.study_spec(load_config("study", variant))
+        assert (spec.report.rule, spec.report.margin) == ("paired", 1.0), variant
+    cifar = study.study_spec(load_config("study", "cifar"))
+    assert (cifar.source.name, cifar.source.classes, cifar.datasets[0].classes) == (
+        "cifar10", (0, 1, 2, 3, 4), (5, 6, 7, 8, 9))
+    assert cifar.seeds == [1, 2, 3] and [d.data_rate for d in cifar.datasets] == [0.1, 0.5]
+    assert cifar.methods == ["imp", "omp", "random"] and cifar.audit.version == "standard"
+    assert study.study_spec(load_config("study", "cifar_jpeg")).source.name == "imagefolder"
     paper.tickets = ("all",)  # what --config.tickets=all hands over: every saved round
     everything = study.study_spec(paper)
-    assert everything.ticket_rounds == list(range(1, 12)) and everything.rule == "std"
+    assert everything.ticket_rounds == list(range(1, 12)) and everything.report.rule == "paired"
     assert everything.seeds == [1, 2, 3] and everything.methods == ["imp", "omp", "random"]
     assert everything.baseline_rounds == everything.ticket_rounds
     assert everything.audit.square_queries == 5000 and everything.audit.eps is None
@@ -124,6 +131,9 @@ def test_every_config_variant_validates(tmp_path):
      r"transfer.adversarial:svhn: dataset 'svhn' is not among downstream.datasets"),
     (lambda c: c.update({"seeds": (1, 1)}), r"seeds=\(1, 1\): entries must be distinct"),
     (lambda c: c.report.update({"rule": "sigma"}), r"report.rule='sigma': choose one of"),
+    (lambda c: c.report.update({"margin": -0.5}), r"report.margin=-0.5: must be a number"),
+    (lambda c: c.report.update({"resamples": 5}), r"report.resamples=5: must be"),
+    (lambda c: c.report.update({"bootstrap": 5}), r"report.bootstrap: unknown key"),
     (lambda c: c.pruning.update({"methods": ("omp",)}), r"pruning.methods=\('omp',\).*'imp' "
                                                          r"included"),
     (lambda c: c.pruning.update({"methods": ("imp", "snip")}), r"choose among"),
@@ -393,9 +403,13 @@ def test_second_run_recomputes_nothing(tiny_study, tmp_path):
     # The same images in another place (the study keys data by content, not location).
     moved = shutil.copytree(BUNDLED_CIFAR, tmp_path / "elsewhere" / "cifar10_jpeg_small")
     config = _neutral_changes(load_config("study", "tiny"), str(moved))
+    outputs = [os.path.join(workdir, name) for name in ("report.md", "summary.json")]
+    before = [(open(p).read(), os.stat(p).st_mtime_ns) for p in outputs]
     with mock.patch.object(train, "_train", side_effect=AssertionError("retrained")):
         again, _ = study.run(config, workdir, log=lambda *_: None)
     assert again == rows
+    # The same report, intervals included (a seeded bootstrap), not even rewritten.
+    assert [(open(p).read(), os.stat(p).st_mtime_ns) for p in outputs] == before
     assert sorted(glob.glob(os.path.join(workdir, "cells", "*"))) == cells
     assert stamps == {p: os.path.getmtime(p) for p in stamps}
     # The export of an earlier run of the same selection is kept; the report is unchanged.
@@ -735,6 +749,16 @@ def test_audit_stage_and_binary(tiny_study, tmp_path):
     text = open(os.path.join(copy, "report.md")).read()
     assert "## Robustness audit" in text and "(standard version: " in text
     assert "| PGD RA | APGD-CE | APGD-T | FAB-T | Square | AutoAttack | worst case |" in text
+    # Which examples each attack broke, next to each audit: they reproduce its numbers,
+    # and the exported ticket is compared with the audited dense model example by example.
+    for row in with_audit:
+        kept = records.read_file(os.path.join(copy, row.audit["records"]))
+        assert kept.count == 50
+        assert kept.accuracy("autoattack") == row.audit["autoattack_ra"]
+        assert kept.accuracy("worst_case") == row.audit["worst_case_ra"]
+        assert kept.accuracy("pgd") == row.audit["ra"]["pgd"]
+        assert not (kept.correct["autoattack"] & ~kept.correct["clean"]).any()
+    assert "What the audit changes for round " in text and "under AutoAttack (" in text
     # The binary, on a study cell; bad input is one line.
     cell = os.path.join(copy, with_audit[0].cell)
     out = subprocess.run([sys.executable, os.path.join(REPO, "trainers", "audit.py"),
@@ -744,6 +768,7 @@ def test_audit_stage_and_binary(tiny_study, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "20 test examples" in out.stdout and "worst case with PGD" in out.stdout
     assert json.load(open(os.path.join(cell, "audit.json")))["examples"] == 20
+    assert records.read(cell, records.AUDIT_FILE).count == 20
     for flags_, message in ((["--run=/nonexistent", "--eps=0.1"], "is not a transfer run"),
                             ([f"--run={cell}", "--eps=2"], "audit.eps=2.0: must be a number in [0.0, 1.0]")):
         out = subprocess.run([sys.executable, os.path.join(REPO, "trainers", "audit.py"),
