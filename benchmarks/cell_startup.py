@@ -30,8 +30,13 @@ import time
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("root", None, "Working directory (default: a temp dir, removed after).")
-flags.DEFINE_integer("repeats", 3, "Runs per measurement (the median is reported).")
+
+
+def _define_flags():
+    """Only when run (report_bootstrap.py imports `paper_weights` from here)."""
+    flags.DEFINE_string("root", None, "Working directory (default: a temp dir, removed "
+                                      "after).")
+    flags.DEFINE_integer("repeats", 3, "Runs per measurement (the median is reported).")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STUDY = [sys.executable, os.path.join(REPO, "trainers", "study.py"),
@@ -106,7 +111,9 @@ def _addresses(workdir, extra):
     return [c["cell"] for c in cells]
 
 
-def _paper_plan(root):
+def paper_weights(root):
+    """{pre-training: directory}: the paper preset's three converted-weights records
+    (`converted.json` only -- all a plan or a report reads), written under `root`."""
     weights = {}
     for name in ("standard", "fast_adversarial", "adversarial"):
         path = os.path.join(root, "weights", name)
@@ -116,6 +123,11 @@ def _paper_plan(root):
                        "num_classes": 1000, "mean": [0.485, 0.456, 0.406],
                        "std": [0.229, 0.224, 0.225], "source_sha256": name * 4}, f)
         weights[name] = path
+    return weights
+
+
+def _paper_plan(root):
+    weights = paper_weights(root)
     plan = os.path.join(root, "paper_plan.json")
     started = time.time()
     subprocess.run([sys.executable, os.path.join(REPO, "trainers", "study.py"),
@@ -156,4 +168,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

@@ -19,6 +19,7 @@ import time
 
 from absl import app, flags
 
+import cell_startup  # benchmarks/: the paper preset's converted-weights records
 import dwlt_tf  # noqa: F401
 
 FLAGS = flags.FLAGS
@@ -37,13 +38,7 @@ def _paper_spec(root):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config("paper")
-    for name in ("standard", "fast_adversarial", "adversarial"):
-        path = os.path.join(root, "weights", name)
-        os.makedirs(path, exist_ok=True)
-        with open(os.path.join(path, "converted.json"), "w") as f:
-            json.dump({"arch": "resnet50", "stem": "imagenet", "base_width": 64,
-                       "num_classes": 1000, "mean": [0.485, 0.456, 0.406],
-                       "std": [0.229, 0.224, 0.225], "source_sha256": name * 4}, f)
+    for name, path in cell_startup.paper_weights(root).items():
         config.pretrainings[name].path = path
     config.report.resamples = FLAGS.resamples
     return study_spec.study_spec(config)
