@@ -264,8 +264,8 @@ def _quickstart():
     config.downstream.data_rates = (1.0,)
     config.downstream.dataset.update(dict(path=TRANSFER,
                                           classes=ml_collections.config_dict.placeholder(tuple)))
-    config.transfer.standard.update(dict(milestones=(6,)))
-    config.transfer.adversarial.update(dict(epochs=6, milestones=(4,), eval_start_epoch=2,
+    config.transfer.standard.update(dict(epochs=6, milestones=(5,)))
+    config.transfer.adversarial.update(dict(epochs=5, milestones=(4,), eval_start_epoch=2,
                                             attack=dict(PGD3)))
     return config
 

@@ -311,7 +311,8 @@ def markdown(rows, summary, rule: verdicts.Rule, export_note=None, seeds=None, a
         best = group["sparsest_double_win"]
         lines += ["", (f"Sparsest double-win ticket: **{best['ticket']}** "
                        f"({100 * best['sparsity']:.2f}% sparse)." if best
-                       else "No double-win ticket in this setting.")]
+                       else "No double-win ticket in this setting" + (
+                           _why_not(group, rule) if rule.rule == "paired" else "."))]
         baselines = {m: v for m, v in group["sparsest_double_win_by_method"].items()
                      if m != "imp"}
         if baselines:
@@ -411,6 +412,23 @@ def _paired_table(group):
         lines.append(f"| {v['ticket']} | {v['method']} | {100 * v['sparsity']:.2f}% | "
                      f"{' | '.join(cells)} | {_double(v['double_win'])} |")
     return lines
+
+
+def _why_not(group, rule):
+    """": <ticket> fails on <regime> <metric> <interval>; ..." -- for each IMP ticket, the
+    comparison that rules it out most clearly (the lowest upper end among its "no"s)."""
+    reasons = []
+    for v in group["tickets"]:
+        if v["method"] != "imp" or v["double_win"] != verdicts.NO:
+            continue
+        failed = [(d.high, regime, metric, d) for regime in REGIMES for metric in ("sa", "ra")
+                  if (d := v[f"{regime}_{metric}_diff"]) is not None and d.verdict == verdicts.NO]
+        if failed:
+            _, regime, metric, d = min(failed)
+            reasons.append(f"{v['ticket']} ({100 * v['sparsity']:.2f}%) is more than "
+                           f"{rule.margin:g} point{'s' if rule.margin != 1 else ''} worse in "
+                           f"{regime} {metric.upper()}, {_interval(d)}")
+    return (": " + "; ".join(reasons) + ".") if reasons else "."
 
 
 def _unsettled(group, rule):

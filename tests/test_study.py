@@ -287,6 +287,11 @@ def test_paired_verdicts_on_recorded_examples(tmp_path):
     assert "* Inconclusive: round 5 (imp, 90.00%): standard SA -1.00 [" in text
     assert "Double-win verdicts over 3 tickets: 1 yes, 1 no, 1 inconclusive." in text
     assert report.analyze(rows, rule, load) == report.analyze(rows, rule, load)  # seeded
+    # Without a double-win ticket the report says what rules each ticket out.
+    failing = [r for r in rows if r.ticket in ("dense", "round 4")]
+    text = report.markdown(failing, report.analyze(failing, rule, load), rule)
+    assert ("No double-win ticket in this setting: round 4 (84.00%) is more than 1 point "
+            "worse in adversarial RA, -5.00 [") in text
     # The records must be the examples of the dense model's, in the same order.
     other = _recorded_rows(workdir, "round 6", "standard", *dense["standard"], 0.95,
                            order="5000:another-order")
