@@ -37,6 +37,7 @@ from dwlt_tf import records as records_lib
 from dwlt_tf import runs
 
 VERSIONS = ("standard", "fast")
+SUBSETS = ("first", "spread")
 BLACK_BOX_ONLY_THRESHOLD = 1.0   # percent of examples
 WORST_CASE_GAP_THRESHOLD = 10.0  # points of RA
 SEQUENCE = {"standard": ("apgd_ce", "apgd_t", "fab_t", "square"),
@@ -50,8 +51,12 @@ class AuditSpec:
     version: "standard" (AutoAttack's) or "fast". eps: L-inf budget in [0, 1]; None = the
     evaluation eps of the audited run. apgd_steps / fab_steps: iterations. target_classes:
     of APGD-T and FAB-T (fewer when the task has fewer classes). square_queries,
-    square_p_init: Square's budget and initial square size. examples: audit the first N
-    examples of the split (0: all). batch_size: examples attacked together (memory).
+    square_p_init: Square's budget and initial square size. examples: audit N examples of
+    the split (0: all); subset: which N -- "first" (the split's first N: a random choice
+    for TFDS splits, which TFDS stores shuffled, but one class or two of an ImageFolder,
+    whose split is sorted by class) or "spread" (N examples evenly spaced over the split:
+    every class of a class-sorted split, in proportion). batch_size: examples attacked
+    together (memory).
     """
     version: str = "standard"
     eps: Optional[float] = None
@@ -61,6 +66,7 @@ class AuditSpec:
     square_queries: int = 5000
     square_p_init: float = 0.8
     examples: int = 0
+    subset: str = "first"
     seed: int = 0
     batch_size: int = identity.neutral(250)
 
@@ -73,6 +79,7 @@ class AuditSpec:
             checks.positive_int(f"audit.{key}", getattr(self, key))
         checks.number("audit.square_p_init", self.square_p_init, 0.0, 1.0, low_open=True)
         checks.non_negative_int("audit.examples", self.examples)
+        checks.choice("audit.subset", self.subset, SUBSETS)
         checks.seed("audit.seed", self.seed)
 
 
@@ -311,24 +318,42 @@ def audit_run(run_, splits, split, spec: AuditSpec, model=None):
                        noise_seed=run_.identity["train"].get("seed", 1))
 
 
+def audited_indices(spec: AuditSpec, size):
+    """The split indices an audit attacks, ascending (`spec.examples`, `spec.subset`)."""
+    wanted = min(spec.examples or size, size)
+    if spec.subset == "first" or wanted == size:
+        return np.arange(wanted)
+    return np.arange(wanted) * size // wanted  # evenly spaced, distinct (wanted <= size)
+
+
 def audit_split(model, splits, split, spec: AuditSpec, pgd: attacks.Attack, noise_seed=1):
-    """`run` on the first `spec.examples` (0: all) examples of `split`, streamed batch by
-    batch (memory independent of the split's size). PGD starts where the run's own
-    evaluation started it (`noise_seed` = the run's `train.seed`), so with every example
-    its RA is the run's reported one."""
+    """`run` on the examples `audited_indices` chooses of `split`, streamed batch by batch
+    (memory independent of the split's size). PGD starts where the run's own evaluation
+    started it (`noise_seed` = the run's `train.seed`), so with every example its RA is the
+    run's reported one."""
     if isinstance(model, tf_keras.Model) and folding.conv_batchnorm_pairs(model):
         model = folding.FoldedModel(model)  # inference only: the same verdicts, faster
     eps = float(pgd.eps if spec.eps is None else spec.eps)
     steps = sequence(model, splits.num_classes, spec, eps, spec.seed)
-    wanted = spec.examples or splits.size(split)
-    parts, seen = [], 0
+    indices = audited_indices(spec, splits.size(split))
+    chosen = np.zeros(splits.size(split), bool)
+    chosen[indices] = True
+    parts, pending = [], None   # pending: chosen examples read but not attacked yet
     for batch in pipeline.eval_batches(splits, split, spec.batch_size, seed=noise_seed,
                                        with_noise=True):
-        take = min(len(batch["label"]), wanted - seen)
-        parts.append(attack_batch(model, batch["image"].numpy()[:take],
-                                  batch["label"].numpy()[:take], steps, pgd, eps,
-                                  batch["noise"].numpy()[:take]))
-        seen += take
-        if seen >= wanted:
+        index = batch["index"].numpy()
+        keep = chosen[index]
+        fresh = {k: batch[k].numpy()[keep] for k in ("image", "label", "noise")}
+        pending = fresh if pending is None else {
+            k: np.concatenate([pending[k], fresh[k]]) for k in fresh}
+        last = index.max() >= indices[-1]
+        # Attacked `batch_size` at a time: memory stays that of one batch.
+        while len(pending["label"]) >= spec.batch_size or (last and len(pending["label"])):
+            parts.append(attack_batch(model, pending["image"][:spec.batch_size],
+                                      pending["label"][:spec.batch_size], steps, pgd, eps,
+                                      pending["noise"][:spec.batch_size]))
+            pending = {k: v[spec.batch_size:] for k, v in pending.items()}
+        if last:
             break
-    return _result(parts, steps, spec, eps, split, pgd, splits.example_order(split, seen))
+    return _result(parts, steps, spec, eps, split, pgd,
+                   splits.example_order(split, indices=indices))

@@ -363,24 +363,26 @@ class Splits:
     def size(self, split):
         return len(self.get(split))
 
-    def example_order(self, split, count=None) -> str:
+    def example_order(self, split, count=None, indices=None) -> str:
         """A digest of which stored example sits at each index of `split` (its first
-        `count` examples; None: all) and of its labelling -- not of where the data lives.
-        Two models' per-example records (`records.py`) can be compared example by example
-        only when their digests agree."""
+        `count` examples, or those at `indices`; default: all) and of its labelling -- not
+        of where the data lives. Two models' per-example records (`records.py`) can be
+        compared example by example only when their digests agree."""
         examples = self.get(split)
-        count = len(examples) if count is None else min(count, len(examples))
+        if indices is None:
+            indices = np.arange(len(examples) if count is None else min(count, len(examples)))
+        positions = examples.positions[np.asarray(indices, np.int64)]
         digest = hashlib.sha256()
         table = examples.table
         if isinstance(table, _Files):  # ImageFolder: paths relative to the dataset's root
             root = os.path.dirname(table.name)
-            for position in examples.positions[:count]:
+            for position in positions:
                 digest.update(os.path.relpath(table.paths[position], root).encode() + b"\n")
         else:                          # TFDS: the split's name and record positions
             digest.update(table.name.encode() + b"\n")
-            digest.update(np.asarray(examples.positions[:count], np.int64).tobytes())
+            digest.update(np.asarray(positions, np.int64).tobytes())
         digest.update(repr(examples.relabel).encode())
-        return f"{count}:{digest.hexdigest()[:16]}"
+        return f"{len(positions)}:{digest.hexdigest()[:16]}"
 
 
 def load(spec: DataSpec) -> Splits:

@@ -219,3 +219,25 @@ def test_audit_memory_does_not_grow_with_the_split():
     print(measured)
     assert [r["examples"] for r in measured["runs"]] == [200, 2000]
     assert measured["rss_growth_mb"] < 150
+
+
+def test_a_spread_subset_audits_every_class_of_a_class_sorted_split(trained_resnet):
+    from dwlt_tf import pipeline  # pylint: disable=import-outside-toplevel
+    model, splits = trained_resnet  # an ImageFolder: its 500 test images sorted by class
+    labels = np.concatenate([b["label"].numpy()
+                             for b in pipeline.eval_batches(splits, "test", 500)])
+    first = audit.audited_indices(audit.AuditSpec(examples=25), 500)
+    spread = audit.audited_indices(audit.AuditSpec(examples=25, subset="spread"), 500)
+    assert np.bincount(labels[first], minlength=5).tolist() == [25, 0, 0, 0, 0]
+    assert np.bincount(labels[spread], minlength=5).tolist() == [5, 5, 5, 5, 5]
+    assert spread.tolist() == list(range(0, 500, 20))
+    # Streamed in batches of 10 (3 of them, the last short), recorded in split order.
+    spec = audit.AuditSpec(version="fast", examples=25, subset="spread", apgd_steps=2,
+                           square_queries=5, batch_size=10)
+    result = audit.audit_split(model, splits, "test", spec, attacks.Attack(EPS, 2 / 255, 2))
+    assert result.examples == 25 and result.records.count == 25
+    assert result.records.order == splits.example_order("test", indices=spread)
+    assert result.records.accuracy("clean") == result.sa
+    assert result.records.accuracy("autoattack") == result.autoattack_ra
+    with pytest.raises(errors.ConfigError, match=r"audit.subset='random': choose one of"):
+        audit.AuditSpec(subset="random")

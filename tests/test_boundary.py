@@ -60,7 +60,7 @@ OUT_OF_RANGE = {
     ("cpus_per_cell", int): "0", ("mem_gb", int): "0", ("timeout_min", int): "0",
     ("max_parallel", int): "0", ("nodes", int): "0", ("tasks_per_node", int): "0",
     ("retries", int): "-1", ("margin", float): "-1.0", ("confidence", float): "1.0",
-    ("resamples", int): "10", ("classes", type(None)): "(99,)",
+    ("resamples", int): "10", ("classes", type(None)): "(99,)", ("subset", str): "random",
 }
 # Free-form strings: any text is a valid value at the config boundary (a SLURM partition
 # name, a folder for job logs); the engine using them reports what it cannot use.

@@ -31,7 +31,10 @@ flags.DEFINE_integer("fab_steps", 100, "Iterations of FAB-T (standard).")
 flags.DEFINE_integer("target_classes", 9, "Target classes of APGD-T and FAB-T (standard).")
 flags.DEFINE_integer("square_queries", 5000, "Query budget of the Square attack.")
 flags.DEFINE_float("square_p_init", 0.8, "Square's initial fraction of the image changed.")
-flags.DEFINE_integer("examples", 0, "Audit the first N examples of the split (0: all).")
+flags.DEFINE_integer("examples", 0, "Audit N examples of the split (0: all).")
+flags.DEFINE_enum("subset", "first", ["first", "spread"],
+                  "With --examples: the split's first N, or N evenly spaced over it (every "
+                  "class of a class-sorted ImageFolder).")
 flags.DEFINE_integer("seed", 0, "Seed of the attacks' randomness.")
 flags.DEFINE_integer("batch_size", 250, "Batch size.")
 flags.DEFINE_string("data_dir", None, "TFDS data directory, if not the run's.")
@@ -47,7 +50,8 @@ def main(argv):
             version=FLAGS.version, eps=FLAGS.eps, apgd_steps=FLAGS.apgd_steps,
             fab_steps=FLAGS.fab_steps, target_classes=FLAGS.target_classes,
             square_queries=FLAGS.square_queries, square_p_init=FLAGS.square_p_init,
-            examples=FLAGS.examples, seed=FLAGS.seed, batch_size=FLAGS.batch_size)
+            examples=FLAGS.examples, subset=FLAGS.subset, seed=FLAGS.seed,
+            batch_size=FLAGS.batch_size)
         model = None
         if FLAGS.export:
             info, loaded = export.open_export(FLAGS.export)
