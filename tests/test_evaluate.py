@@ -1,4 +1,6 @@
 """Tests for evaluate.py's per-example outcomes (the records behind paired verdicts)."""
+import dataclasses
+
 import numpy as np
 
 from conftest import mirrored_strategy
@@ -22,6 +24,14 @@ def test_per_example_outcomes_reproduce_sa_and_ra_under_every_strategy(trained_r
     assert (mirrored.sa, mirrored.ra) == (single.sa, single.ra)
     for name in ("clean", "robust"):
         assert np.array_equal(mirrored.records.correct[name], kept.correct[name])
+    # An odd number of examples: the last batch (7) splits 4 / 3 across the replicas.
+    from dwlt_tf import data  # pylint: disable=import-outside-toplevel
+    odd = data.load(dataclasses.replace(splits.spec, data_rate=0.15))
+    assert odd.num_train == 135
+    uneven = [evaluate.Evaluator(model, None, strategy)(odd, "train", 32, per_example=True)
+              for strategy in (None, mirrored_strategy())]
+    assert uneven[0].records.count == 135 and uneven[0].sa == uneven[1].sa
+    assert np.array_equal(uneven[0].records.correct["clean"], uneven[1].records.correct["clean"])
     # Without per_example nothing is gathered and the numbers are the same.
     plain = evaluate.Evaluator(model, PGD2)(splits, "test", 96, seed=3)
     assert plain.records is None and (plain.sa, plain.ra) == (single.sa, single.ra)
