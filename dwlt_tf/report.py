@@ -173,7 +173,28 @@ def _judge_group(members, rule, outcomes, pending):
                     pending.append((verdict, f"{regime}_{metric}", comparison))
         group_verdicts.append(verdict)
     return {"dense": {regime: _aggregate(found) for regime, found in dense_rows.items()},
-            "tickets": group_verdicts}
+            "tickets": group_verdicts,
+            "versus": _versus_baselines(by, tickets, outcomes, pending) if outcomes else []}
+
+
+def _versus_baselines(by, tickets, outcomes, pending):
+    """IMP minus each baseline at the same round (equal sparsity), example by example:
+    [{"method", "ticket", "sparsity", "<regime>_<metric>_diff"}], filled by the bootstrap."""
+    out = []
+    for method, ticket, sparsity in tickets:
+        if method == "imp" or ("imp", ticket, sparsity) not in tickets:
+            continue
+        entry = {"method": method, "ticket": ticket, "sparsity": sparsity}
+        for regime in REGIMES:
+            for metric in ("sa", "ra"):
+                entry[f"{regime}_{metric}_diff"] = None
+                ours, theirs = by.get(("imp", ticket, regime)), by.get((method, ticket, regime))
+                comparison = outcomes.comparison(ours, theirs, metric) if ours and theirs \
+                    else None
+                if comparison is not None:
+                    pending.append((entry, f"{regime}_{metric}", comparison))
+        out.append(entry)
+    return out
 
 
 def _conclude(group):
@@ -320,7 +341,7 @@ def markdown(rows, summary, rule: verdicts.Rule, export_note=None, seeds=None, a
                 f"{m}: " + (f"{v['ticket']} ({100 * v['sparsity']:.2f}%)" if v else "none")
                 for m, v in sorted(baselines.items())) + ".")
         if rule.rule == "paired":
-            lines += _unsettled(group, rule)
+            lines += _unsettled(group, rule) + _versus_table(group)
         lines.append("")
     if audits:
         lines += _audit_section(audits, audit_differences or [])
@@ -412,6 +433,31 @@ def _paired_table(group):
         lines.append(f"| {v['ticket']} | {v['method']} | {100 * v['sparsity']:.2f}% | "
                      f"{' | '.join(cells)} | {_double(v['double_win'])} |")
     return lines
+
+
+def _versus_table(group):
+    """IMP minus each baseline at equal sparsity, with intervals and what they show."""
+    if not group.get("versus"):
+        return []
+    lines = ["", "IMP minus baseline at equal sparsity (points; same test examples and seeds; "
+             "95 % CI):", "", "| baseline | sparsity | std ΔSA | std ΔRA | adv ΔSA | adv ΔRA |",
+             "|---|---|---|---|---|---|"]
+    for entry in group["versus"]:
+        cells = [_versus_cell(entry[f"{regime}_{metric}_diff"]) for regime in REGIMES
+                 for metric in ("sa", "ra")]
+        lines.append(f"| {entry['method']} ({entry['ticket']}) | "
+                     f"{100 * entry['sparsity']:.2f}% | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _versus_cell(difference):
+    if difference is None:
+        return "–"
+    if difference.low > 0:
+        return f"{_interval(difference)} IMP better"
+    if difference.high < 0:
+        return f"{_interval(difference)} baseline better"
+    return _interval(difference)
 
 
 def _why_not(group, rule):

@@ -286,6 +286,17 @@ def test_paired_verdicts_on_recorded_examples(tmp_path):
     assert "| round 4 | imp | 84.00% |" in text and "-5.00 [" in text
     assert "* Inconclusive: round 5 (imp, 90.00%): standard SA -1.00 [" in text
     assert "Double-win verdicts over 3 tickets: 1 yes, 1 no, 1 inconclusive." in text
+    # A baseline at round 4's sparsity: compared with the IMP ticket example by example.
+    omp = [dataclasses.replace(_recorded_rows(workdir, "round 4o", regime, *dense[regime], 0.84),
+                               method="omp", ticket="round 4") for regime in report.REGIMES]
+    (group,) = report.analyze(rows + omp, rule, load).values()
+    (versus,) = group["versus"]
+    assert (versus["method"], versus["ticket"]) == ("omp", "round 4")
+    assert versus["adversarial_ra_diff"].estimate == pytest.approx(-5.0)  # IMP - OMP
+    assert versus["adversarial_ra_diff"].high < 0 and versus["standard_sa_diff"].estimate == 0
+    text = report.markdown(rows + omp, {("adversarial", "cifar10", 1.0): group}, rule)
+    assert "IMP minus baseline at equal sparsity" in text
+    assert "| omp (round 4) | 84.00% | +0.00 [" in text and "] baseline better |" in text
     assert report.analyze(rows, rule, load) == report.analyze(rows, rule, load)  # seeded
     # Without a double-win ticket the report says what rules each ticket out.
     failing = [r for r in rows if r.ticket in ("dense", "round 4")]
