@@ -13,7 +13,7 @@ path; no traceback; no file appears or disappears in the test's sandbox (inputs 
 outputs live there). The work itself (training, export, attacks, conversion) is stubbed
 out by tests/boundary_worker.py, so a case that reaches it is a bad value accepted.
 
-Cases (counted when the test runs; this was the count when it last changed): 709.
+Cases (counted when the test runs; this was the count when it last changed): 719.
 """
 import json
 import os
