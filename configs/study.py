@@ -227,6 +227,7 @@ def _cifar(dataset):
     config.imp.train.update(dict(epochs=2, batch_size=128, lr=0.01, attack=pgd3))
     config.tickets = (2, 3, 5)                         # 60.3 %, 75.0 %, 90.1 %
     config.downstream.data_rates = (0.1, 0.5)
+    config.downstream.datasets = (dataset.name,)
     config.downstream.dataset = dataset.copy_and_resolve_references()
     del config.downstream.dataset["name"], config.downstream.dataset["data_rate"]
     config.downstream.dataset.classes = (5, 6, 7, 8, 9)

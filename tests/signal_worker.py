@@ -39,10 +39,10 @@ def main():
     if kind == ["eval"]:
         original_eval = evaluate.Evaluator._distributed_step  # pylint: disable=protected-access
 
-        def eval_step(self, batch, stop):
+        def eval_step(self, batch, stop, *rest):
             if part in getattr(self, "workdir_hint", ""):
                 tf.py_function(maybe_signal, [], tf.int64)
-            return original_eval(self, batch, stop)
+            return original_eval(self, batch, stop, *rest)
         evaluate.Evaluator._distributed_step = eval_step  # pylint: disable=protected-access
         original_init = train.TrainingRun.__init__
 

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from autoattack_reference import bundled
 from conftest import REPO
-from dwlt_tf import attacks, audit, autoattack, errors
+from dwlt_tf import attacks, audit, autoattack, errors, pipeline
 
 SIZE = 16
 EPS = 8 / 255
@@ -222,7 +222,6 @@ def test_audit_memory_does_not_grow_with_the_split():
 
 
 def test_a_spread_subset_audits_every_class_of_a_class_sorted_split(trained_resnet):
-    from dwlt_tf import pipeline  # pylint: disable=import-outside-toplevel
     model, splits = trained_resnet  # an ImageFolder: its 500 test images sorted by class
     labels = np.concatenate([b["label"].numpy()
                              for b in pipeline.eval_batches(splits, "test", 500)])

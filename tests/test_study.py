@@ -434,10 +434,22 @@ def test_second_run_recomputes_nothing(tiny_study, tmp_path):
 
 
 def _fake_result(cell, best):
-    """A transfer's result without training (what a finished run leaves behind)."""
+    """A transfer's result without training (what a finished run leaves behind): its
+    per-example records reproduce `best`'s test SA and RA on the examples (split, order,
+    count) of the study's real cells."""
     result = train.TrainResult(cell, 1, best, dataclasses.replace(best, checkpoint="best_ra"),
                                None, {}, 0.0, 0.0)
     os.makedirs(cell, exist_ok=True)
+    real = records.read_file(sorted(glob.glob(os.path.join(os.path.dirname(cell), "*",
+                                                          records.FILE)))[0])
+
+    def first(percent):
+        hits = round(percent * real.count / 100)
+        assert 100.0 * hits / real.count == percent, (percent, real.count)
+        return np.arange(real.count) < hits
+    records.write(cell, records.ExampleRecords(real.split, real.order, real.count, {
+        "best_sa/clean": first(best.test_sa), "best_sa/robust": first(best.test_ra),
+        "best_ra/clean": first(best.test_sa), "best_ra/robust": first(best.test_ra)}))
     with open(os.path.join(cell, train.RESULT_FILE), "w") as f:
         json.dump(result.to_json(), f)
     return result
