@@ -18,9 +18,10 @@ Variants:
         --config.source.data_dir=~/tensorflow_datasets \
         --config.downstream.dataset.data_dir=~/tensorflow_datasets
 
-* `cifar`: the CIFAR-scale replication, on 2 CPU cores in ~2.5 hours (README
-  "Results"): a base_width-8 ResNet-18 (cifar stem, 32 px) pre-trained on all 25,000
-  training images of CIFAR-10 classes 0-4 -- standard training (15 epochs), and PGD-3
+* `cifar`: the CIFAR-scale replication, on 2 CPU cores in 4 h 19 min (measured, README
+  "Results", docs/results/cifar): a base_width-8 ResNet-18 (cifar stem, 32 px)
+  pre-trained on the 25,000 training images of CIFAR-10 classes 0-4 (10 % of them
+  validate) -- standard training (15 epochs), and PGD-3
   training continued from it (10 epochs) for the robust pre-training; IMP with rewinding
   on that source task (37 % of the remaining conv weights per round, tickets 2, 3 and 5
   at 60.3 %, 75.0 % and 90.1 % sparsity); OMP and random baselines at 90.1 %; transfer of the dense
@@ -54,8 +55,8 @@ Variants:
     python trainers/study.py --config=configs/study.py:quickstart --workdir=runs/quickstart
 
 * `audit`: the quickstart plus the robustness audit -- AutoAttack's standard version:
-  APGD-CE, APGD-T and FAB-T with 100 iterations, Square with 5,000 queries, on the 1,500
-  test images -- of the dense models and the exported ticket. Its cells are the
+  APGD-CE, APGD-T and FAB-T with 100 iterations, Square with 5,000 queries, on 500 of the
+  1,500 test images (100 per class) -- of the dense models and the exported ticket. Its cells are the
   quickstart's, so after the quickstart it only audits:
 
     python trainers/study.py --config=configs/study.py:audit --workdir=runs/quickstart
@@ -213,7 +214,7 @@ def _miniature(epochs, imp_epochs, pretrain_epochs, rounds, eval_steps, train_st
 
 def _cifar(dataset):
     """The CIFAR-scale replication (module docstring): every stage of `paper`, sized for
-    2 CPU cores (~2.5 h); `dataset` is the source/downstream dataset section."""
+    2 CPU cores (4 h 19 min measured); `dataset` is the source/downstream dataset section."""
     config = _miniature(epochs=4, imp_epochs=2, pretrain_epochs=15, rounds=5, eval_steps=10,
                         train_steps=3)
     config.source = dataset.copy_and_resolve_references()
@@ -289,7 +290,7 @@ def get_config(variant="quickstart"):
         return _cifar(_cifar_dataset(CIFAR10_JPEG))
     if variant in ("quickstart", "audit"):
         config = _quickstart()
-        config.audit.enabled = variant == "audit"
+        config.audit.update(dict(enabled=variant == "audit", examples=500, subset="spread"))
         return config
     if variant == "tiny":
         config = _miniature(epochs=1, imp_epochs=1, pretrain_epochs=1, rounds=2,

@@ -530,16 +530,17 @@ def _audit_section(audits, audit_differences):
              "only on the examples the "
              "earlier ones left correctly classified; worst case: robust to AutoAttack and "
              "to PGD.", "",
-             "| pre-training | dataset | ticket | regime | seed | examples | "
+             "| pre-training | dataset | data rate | ticket | regime | seed | examples | "
              + " | ".join(AUDIT_NAMES[a] for a in attacks) + " | AutoAttack | worst case | "
              "gradient masking? |",
-             "|" + "---|" * (9 + len(attacks))]
+             "|" + "---|" * (10 + len(attacks))]
     warnings = []
     for row, result in audits:
         ra = result["ra"]
         flag = "**possible**" if result["gradient_masking_suspected"] else "no"
         lines.append(
-            f"| {row.pretraining} | {row.dataset} | {row.ticket} | {row.regime} | "
+            f"| {row.pretraining} | {row.dataset} | {row.data_rate:g} | {row.ticket} | "
+            f"{row.regime} | "
             f"{row.seed} | {result['examples']} | "
             + " | ".join(_fmt(ra.get(a)) for a in attacks)
             + f" | {_fmt(result.get('autoattack_ra'))} | {_fmt(result['worst_case_ra'])} "
@@ -552,7 +553,8 @@ def _audit_section(audits, audit_differences):
     for row, dense_row, differences in audit_differences:
         pgd, auto = differences["pgd"], differences["autoattack"]
         lines += [f"What the audit changes for {row.ticket} ({row.pretraining} pre-training, "
-                  f"{row.regime} transfer, seed {row.seed}) against the dense model (seed "
+                  f"{row.dataset} at data rate {row.data_rate:g}, {row.regime} transfer, seed "
+                  f"{row.seed}) against the dense model (seed "
                   f"{dense_row.seed}) on the same {auto.examples} test examples: RA "
                   f"difference {_interval(pgd)} under PGD ({pgd.verdict}), {_interval(auto)} "
                   f"under AutoAttack ({auto.verdict}).", ""]

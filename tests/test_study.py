@@ -102,6 +102,9 @@ def test_every_config_variant_validates(tmp_path):
     assert cifar.seeds == [1, 2, 3] and [d.data_rate for d in cifar.datasets] == [0.1, 0.5]
     assert cifar.methods == ["imp", "omp", "random"] and cifar.audit.version == "standard"
     assert study.study_spec(load_config("study", "cifar_jpeg")).source.name == "imagefolder"
+    audited = study.study_spec(load_config("study", "audit")).audit
+    assert (audited.examples, audited.subset) == (500, "spread")  # 100 of each class
+    assert study.study_spec(load_config("study", "quickstart")).audit is None
     paper.tickets = ("all",)  # what --config.tickets=all hands over: every saved round
     everything = study.study_spec(paper)
     assert everything.ticket_rounds == list(range(1, 12)) and everything.report.rule == "paired"
@@ -777,6 +780,9 @@ def test_audit_stage_and_binary(tiny_study, tmp_path):
     text = open(os.path.join(copy, "report.md")).read()
     assert "## Robustness audit" in text and "(standard version: " in text
     assert "| PGD RA | APGD-CE | APGD-T | FAB-T | Square | AutoAttack | worst case |" in text
+    # Audits of one model at several data rates stay apart: each row names its rate.
+    assert "| pre-training | dataset | data rate | ticket | regime |" in text
+    assert " | 0.2 | dense | standard | 1 | 50 | " in text
     # Which examples each attack broke, next to each audit: they reproduce its numbers,
     # and the exported ticket is compared with the audited dense model example by example.
     for row in with_audit:
@@ -787,6 +793,7 @@ def test_audit_stage_and_binary(tiny_study, tmp_path):
         assert kept.accuracy("pgd") == row.audit["ra"]["pgd"]
         assert not (kept.correct["autoattack"] & ~kept.correct["clean"]).any()
     assert "What the audit changes for round " in text and "under AutoAttack (" in text
+    assert "at data rate 0.2, adversarial transfer, seed 1) against" in text
     # The binary, on a study cell; bad input is one line.
     cell = os.path.join(copy, with_audit[0].cell)
     out = subprocess.run([sys.executable, os.path.join(REPO, "trainers", "audit.py"),
