@@ -540,8 +540,7 @@ def _audit_section(audits, audit_differences):
         flag = "**possible**" if result["gradient_masking_suspected"] else "no"
         lines.append(
             f"| {row.pretraining} | {row.dataset} | {row.data_rate:g} | {row.ticket} | "
-            f"{row.regime} | "
-            f"{row.seed} | {result['examples']} | "
+            f"{row.regime} | {row.seed} | {result['examples']} | "
             + " | ".join(_fmt(ra.get(a)) for a in attacks)
             + f" | {_fmt(result.get('autoattack_ra'))} | {_fmt(result['worst_case_ra'])} "
             f"| {flag} |")
@@ -554,8 +553,7 @@ def _audit_section(audits, audit_differences):
         pgd, auto = differences["pgd"], differences["autoattack"]
         lines += [f"What the audit changes for {row.ticket} ({row.pretraining} pre-training, "
                   f"{row.dataset} at data rate {row.data_rate:g}, {row.regime} transfer, seed "
-                  f"{row.seed}) against the dense model (seed "
-                  f"{dense_row.seed}) on the same {auto.examples} test examples: RA "
+                  f"{row.seed}) against the dense model (seed {dense_row.seed}) on the same {auto.examples} test examples: RA "
                   f"difference {_interval(pgd)} under PGD ({pgd.verdict}), {_interval(auto)} "
                   f"under AutoAttack ({auto.verdict}).", ""]
     return lines

@@ -231,13 +231,18 @@ def test_double_win_logic_on_constructed_results():
     assert "| round 6 | imp | 73.79% |" in text and "Sparsest double-win ticket: **round 6**" in text
 
 
+def _same_for_both_checkpoints(split, order, clean, robust):
+    """Records of a run whose best-SA and best-RA checkpoints got the same examples right."""
+    return records.ExampleRecords(split, order, len(clean), {
+        "best_sa/clean": clean, "best_sa/robust": robust,
+        "best_ra/clean": clean, "best_ra/robust": robust})
+
+
 def _recorded_rows(workdir, ticket, regime, clean, robust, sparsity=0.0, seed=1,
                    order="5000:test-order"):
     """A row whose per-example records (`clean` for SA, `robust` for RA) are on disk."""
     cell = os.path.join(workdir, "cells", f"{ticket}-{regime}-s{seed}".replace(" ", "_"))
-    kept = records.ExampleRecords("test", order, len(clean), {
-        "best_sa/clean": clean, "best_sa/robust": robust,
-        "best_ra/clean": clean, "best_ra/robust": robust})
+    kept = _same_for_both_checkpoints("test", order, clean, robust)
     records.write(cell, kept)
     return dataclasses.replace(
         _row(ticket, regime, kept.accuracy("best_sa/clean"), kept.accuracy("best_ra/robust"),
@@ -450,9 +455,8 @@ def _fake_result(cell, best):
         hits = round(percent * real.count / 100)
         assert 100.0 * hits / real.count == percent, (percent, real.count)
         return np.arange(real.count) < hits
-    records.write(cell, records.ExampleRecords(real.split, real.order, real.count, {
-        "best_sa/clean": first(best.test_sa), "best_sa/robust": first(best.test_ra),
-        "best_ra/clean": first(best.test_sa), "best_ra/robust": first(best.test_ra)}))
+    records.write(cell, _same_for_both_checkpoints(real.split, real.order,
+                                                   first(best.test_sa), first(best.test_ra)))
     with open(os.path.join(cell, train.RESULT_FILE), "w") as f:
         json.dump(result.to_json(), f)
     return result
