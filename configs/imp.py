@@ -18,6 +18,15 @@ by --pretrained).
   python trainers/imp.py --config=configs/imp.py:imagenet_adv \
       --pretrained=weights/robust_resnet50 --workdir=runs/imp_adv \
       --config.dataset.data_dir=~/tensorflow_datasets
+
+2:4 structured tickets (what sparse tensor cores run faster): `imp.pattern="2:4"` makes
+each round prune one weight of every 4 consecutive input channels instead of 20 %
+globally -- ticket 1 is 3:4 (cut from theta0), ticket 2 is 2:4 (cut from the weights
+trained under ticket 1) -- so it takes `imp.rounds=2`:
+
+  python trainers/imp.py --config=configs/imp.py:imagenet_adv \
+      --pretrained=weights/robust_resnet50 --workdir=runs/imp_adv_2by4 \
+      --config.imp.pattern=2:4 --config.imp.rounds=2
 """
 import ml_collections
 
@@ -38,7 +47,8 @@ def get_config(variant="imagenet_std"):
     if variant not in ("imagenet_std", "imagenet_adv", "local"):
         raise ValueError(f"Unknown variant {variant!r}: imagenet_std, imagenet_adv or local")
     config = ml_collections.ConfigDict()
-    config.imp = ml_collections.ConfigDict(dict(rounds=19, fraction=0.2, prunable=("conv",)))
+    config.imp = ml_collections.ConfigDict(dict(rounds=19, fraction=0.2, prunable=("conv",),
+                                                pattern="unstructured"))
     config.train = imp_train(adversarial=variant == "imagenet_adv")
     config.dataset = ml_collections.ConfigDict(dict(
         name="imagenet", data_dir="~/tensorflow_datasets", path="", data_rate=1.0,

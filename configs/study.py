@@ -72,7 +72,12 @@ older `tolerance` (within `tolerance` points of the dense mean) and `std` (withi
 standard deviation of the dense model over seeds); `pruning.methods` -- `imp` plus the
 baselines `omp` (one-shot magnitude pruning of the pre-trained weights) and `random`,
 each at the exact sparsity of the IMP tickets in `pruning.rounds` (empty: every
-transferred round); `audit` -- the robustness audit (`dwlt_tf/audit.py`, AutoAttack).
+transferred round), and the 2:4 structured tickets (the sparsity GPUs' sparse tensor
+cores run faster): `imp_2by4` (IMP with rewinding descending 4:4 -> 3:4 -> 2:4 along
+the input channels, one weight per group of 4 per round) and its one-shot baseline
+`omp_2by4`, e.g. `--config.pruning.methods=imp,omp,random,imp_2by4,omp_2by4`; the
+report sets each 2:4 ticket beside the unstructured ticket of nearest sparsity; `audit`
+-- the robustness audit (`dwlt_tf/audit.py`, AutoAttack).
 `paper` uses 3 seeds, both baselines at every ticket and the standard AutoAttack audit
 (x3 the transfer runs of IMP alone: narrow with --config.pruning.rounds=8,11). The
 quickstart uses one seed (its intervals cover the test examples, not training
@@ -124,6 +129,8 @@ def _paper():
         "adversarial": dict(path="weights/resnet50_linf4", train={}, imp_mode="pgd", init=""),
     })
     config.imp = imp_config.imp
+    # A study's 2:4 tickets are pruning methods of their own (pruning.methods: imp_2by4).
+    del config.imp["pattern"]
     config.imp.rounds = 11
     config.imp.train = imp_config.train
     del config.imp.train["mode"]  # per pre-training: pretrainings.<name>.imp_mode
@@ -143,7 +150,10 @@ def _paper():
     # (points): yes / no / inconclusive. `tolerance` and `std`: the older yes/no rules.
     config.report = ml_collections.ConfigDict(dict(rule="paired", margin=1.0, tolerance=0.0,
                                                    confidence=0.95, resamples=2000, seed=0))
-    config.export = ml_collections.ConfigDict(dict(enabled=True, version=1, tflite=False))
+    # method: whose ticket to deploy (imp, or imp_2by4 for a 2:4 one); onnx: also write
+    # model.onnx for TensorRT (pip install -e '.[onnx]').
+    config.export = ml_collections.ConfigDict(dict(enabled=True, version=1, tflite=False,
+                                                   onnx=False, method="imp"))
     config.runtime = _transfer.runtime()
     config.seeds = (1, 2, 3)
     config.pruning = ml_collections.ConfigDict(dict(methods=("imp", "omp", "random"),

@@ -18,13 +18,14 @@ REPORT = "report.md"
 
 
 def _ordered(ctx, rows):
-    """Rows by pre-training, dataset, method and ticket, regime, seed (the tables' order)."""
+    """Rows by pre-training, dataset, sparsity, method, ticket, regime, seed (the tables'
+    order)."""
     names = list(ctx.spec.pretrainings)
     datasets = [d.label + f"@{d.data_rate:g}" for d in ctx.spec.datasets]
     methods = ["dense"] + list(report.METHODS)
     return sorted(rows, key=lambda r: (
         names.index(r.pretraining), datasets.index(f"{r.dataset}@{r.data_rate:g}"),
-        int(r.ticket.split()[-1]) if r.ticket != "dense" else 0, methods.index(r.method),
+        r.sparsity, methods.index(r.method), r.ticket,
         report.REGIMES.index(r.regime), r.seed))
 
 

@@ -10,9 +10,11 @@ A cell's *address* says what it is (this module is the one place that builds the
 
   pretrain:<name>                     train (or convert) a pre-training
   imp:<name>                          IMP tickets of a pre-training on the source task
+  imp:<name>:imp_2by4                 2:4 IMP tickets (4:4 -> 3:4 -> 2:4, with rewinding)
   baseline:<name>:omp:r<k>            one-shot magnitude pruning at ticket k's sparsity
   baseline:<name>:random:r<k>:s<seed> random pruning at ticket k's sparsity, per seed
-  transfer:<name>:<method>:<dense|r<k>>:<dataset>@<rate>:<regime>:s<seed>
+  baseline:<name>:omp_2by4            one-shot 2:4 magnitude pruning of theta0
+  transfer:<name>:<method>:<dense|r<k>|2by4>:<dataset>@<rate>:<regime>:s<seed>
   export                              the chosen ticket as a TF Serving SavedModel
   audit:<transfer address>            robustness audit of a dense model (first seed)
   audit:export                        robustness audit of the exported ticket
@@ -26,7 +28,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 
-from dwlt_tf import data, report
+from dwlt_tf import data, pruning, report
 from dwlt_tf.study_spec import StudySpec
 
 KINDS = ("pretrain", "imp", "baseline", "transfer", "export", "audit")
@@ -55,8 +57,8 @@ class Cell:
     needs: Tuple[str, ...]
     resources: Resources
     pretraining: Optional[str] = None
-    method: Optional[str] = None           # imp | omp | random | dense
-    round: Optional[int] = None            # the ticket's IMP round (None: dense)
+    method: Optional[str] = None           # dense | a `pruning.METHODS` name
+    round: Optional[int] = None            # the ticket's IMP round (None: dense, N:M)
     dataset: Optional[data.DataSpec] = None
     regime: Optional[str] = None
     seed: Optional[int] = None
@@ -64,8 +66,17 @@ class Cell:
 
     @property
     def ticket(self):
-        """The report's name of a transfer's ticket: "dense" or "round k"."""
-        return "dense" if self.round is None else f"round {self.round}"
+        """The report's name of a transfer's ticket: "dense", "round k" or its N:M
+        pattern ("2:4")."""
+        return ticket_label(self.method, self.round)
+
+
+def ticket_label(method, round_):
+    if method == "dense":
+        return "dense"
+    if pruning.METHODS[method].nm is not None:
+        return pruning.METHODS[method].pattern
+    return f"round {round_}"
 
 
 # ------------------------------------------------------------------- addresses
@@ -74,16 +85,17 @@ def pretrain_address(name):
     return f"pretrain:{name}"
 
 
-def imp_address(name):
-    return f"imp:{name}"
+def imp_address(name, method="imp"):
+    return f"imp:{name}" + ("" if method == "imp" else f":{method}")
 
 
 def baseline_address(name, method, round_, seed=None):
-    return f"baseline:{name}:{method}:r{round_}" + (f":s{seed}" if seed is not None else "")
+    return (f"baseline:{name}:{method}" + (f":r{round_}" if round_ is not None else "")
+            + (f":s{seed}" if seed is not None else ""))
 
 
 def transfer_address(name, method, round_, dataset: data.DataSpec, regime, seed):
-    ticket = "dense" if round_ is None else f"r{round_}"
+    ticket = ticket_label(method, round_).replace("round ", "r").replace(":", "by")
     return (f"transfer:{name}:{method}:{ticket}:{dataset.label}@{dataset.data_rate:g}:"
             f"{regime}:s{seed}")
 
@@ -147,12 +159,23 @@ def build(spec: StudySpec) -> Graph:
                      if entry.init else (), res, pretraining=name))
         for transfer in _transfers(spec, name, "dense", None, weights_needs, res):
             add(transfer)
-        add(Cell(imp_address(name), "imp", weights_needs, res, pretraining=name))
+        add(Cell(imp_address(name), "imp", weights_needs, res, pretraining=name, method="imp"))
         for round_ in spec.ticket_rounds:
             for transfer in _transfers(spec, name, "imp", round_, (imp_address(name),), res):
                 add(transfer)
         for method in spec.methods:
             if method == "imp":
+                continue
+            if pruning.METHODS[method].nm is not None:  # 2:4: one ticket per method
+                if pruning.METHODS[method].iterative:
+                    address, needs = imp_address(name, method), weights_needs
+                    add(Cell(address, "imp", needs, res, pretraining=name, method=method))
+                else:
+                    address = baseline_address(name, method, None)
+                    add(Cell(address, "baseline", weights_needs, res, pretraining=name,
+                             method=method))
+                for transfer in _transfers(spec, name, method, None, (address,), res):
+                    add(transfer)
                 continue
             for round_ in spec.baseline_rounds:
                 # A random mask per seed (its spread belongs in the seeds' spread); OMP's

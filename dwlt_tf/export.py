@@ -16,7 +16,10 @@ values outside [0, 1] (e.g. 0-255 images) fail with a clear error.
 
 Before the rename, the export is reloaded: the sparsity recomputed from the SavedModel's
 own variables must equal the recorded one, and its outputs must equal the Keras model's
-on a batch.
+on a batch. A ticket with an N:M pattern (ticket.json `pattern`, e.g. "2:4") is also
+checked kernel by kernel: every conv kernel of the SavedModel with groups of M input
+channels must hold at most N non-zeros per group (`check_pattern` in ticket.json lists
+the kernels left dense) -- what TensorRT's sparse tensor cores need.
 """
 import gzip
 import io
@@ -29,8 +32,8 @@ import numpy as np
 import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import tensorflow as tf
 
-from dwlt_tf import (checks, errors, files, pipeline, preprocess, pruning_wrapper, runs,
-                     tickets)
+from dwlt_tf import (checks, errors, files, pipeline, preprocess, pruning, pruning_wrapper,
+                     runs, tickets)
 
 TICKET_ASSET = "ticket.json"
 
@@ -107,6 +110,22 @@ def conv_kernel_sparsity(variables):
                              if _is_conv_kernel(v)})
 
 
+def check_pattern(variables, pattern):
+    """{"pattern", "axis", "kernels_checked", "kernels_dense"} for the rank-4 kernels among
+    `variables`; raises ExportError naming the kernels that break an N:M `pattern`."""
+    n, m = pruning.parse_pattern(pattern)
+    kernels = {v.name: v.numpy() for v in variables if _is_conv_kernel(v)}
+    broken = pruning.nm_violations(kernels, n, m)
+    if broken:
+        named = ", ".join(f"{k} ({c} groups)" for k, c in sorted(broken.items())[:5])
+        raise ExportError(f"the ticket is recorded as {pattern}, but kernels hold more than "
+                          f"{n} non-zeros in some groups of {m} input channels: {named}")
+    dense = pruning.nm_dense_layers(kernels, m)
+    return {"pattern": pattern, "axis": pruning.NM_AXIS,
+            "kernels_checked": len(kernels) - len(dense), "kernels_dense": dense,
+            "kernels_dense_why": f"input channels not a multiple of {m}"}
+
+
 def _dir_size(path):
     return sum(os.path.getsize(os.path.join(root, f))
                for root, _, names in os.walk(path) for f in names)
@@ -120,7 +139,7 @@ def _gzip_size(path):
 
 
 def export(model, export_dir, version, meta, image_size, augment="cifar", sample=None,
-           tflite=False, log=print):
+           tflite=False, log=print, onnx=False):
     """Exports `model` (wrapped or plain) as `<export_dir>/<version>`; returns the path.
 
     Args:
@@ -128,6 +147,7 @@ def export(model, export_dir, version, meta, image_size, augment="cifar", sample
       sample: float32 images [N, S, S, 3] in [0, 1] for the parity check (random if None).
       tflite: also write `<version>/model.tflite` (float32, sparse-weight encoding) and
         check its outputs against the SavedModel's.
+      onnx: also write `<version>/model.onnx` (`to_onnx`; needs the `onnx` extra).
     Returns the dict of measured sizes and checks (also stored in ticket.json).
     """
     target = check_version_free(export_dir, version)
@@ -160,6 +180,8 @@ def export(model, export_dir, version, meta, image_size, augment="cifar", sample
         if abs(measured - expected) > 1e-12:
             raise ExportError(f"sparsity of the SavedModel's variables {measured:.6f} != "
                               f"recorded {expected:.6f}")
+        if pruning.parse_pattern(info.get("pattern", pruning.UNSTRUCTURED)) is not None:
+            info["check_pattern"] = check_pattern(reloaded.conv_kernels, info["pattern"])
         got = reloaded.signatures["serving_default"](images=tf.constant(sample))["logits"]
         delta = float(np.max(np.abs(got.numpy() - reference)))
         if delta > 1e-5 * max(1.0, float(np.max(np.abs(reference)))):
@@ -168,6 +190,9 @@ def export(model, export_dir, version, meta, image_size, augment="cifar", sample
                     saved_model_bytes=_dir_size(saved), saved_model_gzip_bytes=_gzip_size(saved))
         if tflite:
             info.update(_tflite(serving, saved, sample, reference))
+        if onnx:
+            info.update(to_onnx(serving, os.path.join(saved, ONNX_FILE), sample, reference,
+                                info.get("pattern", pruning.UNSTRUCTURED)))
         # The tracked asset, now with the checks' results.
         files.write_json(os.path.join(saved, "assets", TICKET_ASSET), info)
         os.rename(saved, target)
@@ -175,8 +200,79 @@ def export(model, export_dir, version, meta, image_size, augment="cifar", sample
         shutil.rmtree(tmp, ignore_errors=True)
     log(f"exported {target}: sparsity {100 * expected:.2f}%, SavedModel "
         f"{info['saved_model_bytes'] / 1e6:.2f} MB ({info['saved_model_gzip_bytes'] / 1e6:.2f} "
-        f"MB gzipped)" + (f", TFLite {info['tflite_bytes'] / 1e6:.2f} MB" if tflite else ""))
+        f"MB gzipped)" + (f", TFLite {info['tflite_bytes'] / 1e6:.2f} MB" if tflite else "")
+        + (f", ONNX {info['onnx_bytes'] / 1e6:.2f} MB" if onnx else ""))
     return target, info
+
+
+ONNX_FILE = "model.onnx"
+ONNX_OPSET = 17
+
+
+def check_onnx_available():
+    """Fails with one line (before any work) when the onnx extra is not installed."""
+    _import_onnx()
+
+
+def _import_onnx():
+    try:
+        import onnx  # pylint: disable=import-outside-toplevel
+        import tf2onnx  # pylint: disable=import-outside-toplevel
+    except ImportError as e:
+        raise errors.UserError(f"ONNX export needs tf2onnx and onnx ({e}); install the "
+                               "extra: pip install -e '.[onnx]'") from None
+    return onnx, tf2onnx
+
+
+def onnx_conv_kernels(path):
+    """{Conv node name: kernel in Keras layout (kh, kw, cin, cout)} of an ONNX model (ONNX
+    stores (cout, cin, kh, kw))."""
+    onnx, _ = _import_onnx()
+    graph = onnx.load(path).graph
+    initializers = {i.name: i for i in graph.initializer}
+    return {node.name: np.transpose(onnx.numpy_helper.to_array(initializers[node.input[1]]),
+                                    (2, 3, 1, 0))
+            for node in graph.node if node.op_type == "Conv" and node.input[1] in initializers}
+
+
+def to_onnx(serving, path, sample, reference, pattern=pruning.UNSTRUCTURED):
+    """Writes the model (images float32 [N, S, S, 3] in [0, 1] -> logits) as ONNX for
+    TensorRT (`trtexec --onnx=model.onnx --fp16 --sparsity=enable`) and checks it: an N:M
+    ticket's conv kernels keep the pattern in the ONNX file too, and -- with onnxruntime
+    installed -- its logits equal the SavedModel's."""
+    onnx, tf2onnx = _import_onnx()
+    spec = tf.TensorSpec([None, serving.size, serving.size, 3], tf.float32, name="images")
+    function = tf.function(
+        lambda images: {"logits": serving._outputs(images)["logits"]},  # pylint: disable=protected-access
+        input_signature=[spec])
+    tf2onnx.convert.from_function(function, input_signature=[spec], opset=ONNX_OPSET,
+                                  output_path=path)
+    onnx.checker.check_model(path)
+    out = {"onnx_bytes": os.path.getsize(path), "onnx_opset": ONNX_OPSET,
+           "onnx_input": "images float32 [N,S,S,3] in [0,1] (NHWC) -> logits"}
+    nm = pruning.parse_pattern(pattern)
+    if nm is not None:
+        kernels = onnx_conv_kernels(path)
+        broken = pruning.nm_violations(kernels, *nm)
+        if broken:
+            raise ExportError(f"ONNX conv weights break the ticket's {pattern} pattern: "
+                              f"{sorted(broken)[:5]}")
+        out["check_onnx_pattern"] = {
+            "pattern": pattern, "kernels_checked": len(kernels) - len(
+                pruning.nm_dense_layers(kernels, nm[1])),
+            "kernels_dense": pruning.nm_dense_layers(kernels, nm[1])}
+    try:
+        import onnxruntime  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        out["check_onnx_max_abs_logit_delta"] = None  # not checked: no onnxruntime
+        return out
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    got = session.run(["logits"], {"images": np.asarray(sample, np.float32)})[0]
+    delta = float(np.max(np.abs(got - reference)))
+    if delta > 1e-4 * max(1.0, float(np.max(np.abs(reference)))):
+        raise ExportError(f"ONNX logits differ from the SavedModel's by {delta}")
+    out["check_onnx_max_abs_logit_delta"] = delta
+    return out
 
 
 def _tflite(serving, saved_dir, sample, reference):
@@ -273,8 +369,17 @@ def add_audit(target, result: dict):
     files.update_json(path, info)  # unchanged (a re-run): nothing written
 
 
+def _ticket_pattern(ticket_dir):
+    """The ticket's recorded pattern ("unstructured" for the dense model and for tickets
+    written before patterns were recorded)."""
+    if not ticket_dir:
+        return pruning.UNSTRUCTURED
+    meta = files.read_json(os.path.join(ticket_dir, tickets.META_FILE))
+    return meta.get("pattern", pruning.UNSTRUCTURED)
+
+
 def export_run(run: runs.FinishedRun, export_dir, version, which="ra", tflite=False,
-               extra=None, splits=None, log=print):
+               extra=None, splits=None, log=print, onnx=False):
     """Exports a finished transfer run's best-SA ("sa") or best-RA ("ra") checkpoint.
 
     ticket.json's `test_sa`/`test_ra` are the exported checkpoint's own test numbers
@@ -304,7 +409,8 @@ def export_run(run: runs.FinishedRun, export_dir, version, which="ra", tflite=Fa
             "other_checkpoints": {other.checkpoint: {
                 "note": "not exported; numbers of the other selected checkpoint",
                 "epoch": other.epoch, "test_sa": other.test_sa, "test_ra": other.test_ra}},
-            "layer_sparsity": tickets.layer_sparsity(masks) if masks else {}}
+            "layer_sparsity": tickets.layer_sparsity(masks) if masks else {},
+            "pattern": _ticket_pattern(provenance["ticket"])}
     info.update(extra or {})
     return export(model, export_dir, version, info, splits.spec.image_size,
-                  splits.spec.augment, sample, tflite, log)
+                  splits.spec.augment, sample, tflite, log, onnx)

@@ -9,7 +9,14 @@ As the reference (`main_std.py` / `main_adv.py`, `pruning_with_rewind`) does it:
    the configured epochs with a fresh optimizer, prune 20 % of the surviving weights
    of the trained network -> ticket k + 1.
 
-Ticket k therefore has sparsity 1 - 0.8^k (up to per-round rounding). Each ticket is
+Ticket k therefore has sparsity 1 - 0.8^k (up to per-round rounding).
+
+With an N:M pattern (`pattern="2:4"`), the same loop prunes one weight per group of M
+consecutive input channels per round instead of 20 % globally: ticket k keeps exactly
+M - k of every M (4:4 -> 3:4 -> 2:4), the last round's ticket is N:M, and every round
+after the first picks its survivors on the weights trained under the previous mask,
+which is what distinguishes it from one-shot N:M pruning of theta0 (`omp_2by4`).
+Kernels without groups of M input channels (the stem conv) stay dense. Each ticket is
 saved as soon as it exists (`tickets.save`) with its round, sparsity (overall and per
 layer), the source weights' sha256 and the configuration; each round's training runs in
 its own resumable workdir, so an interrupted IMP run continues where it stopped and
@@ -28,7 +35,7 @@ import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import tensorflow as tf
 import tf_keras
 
-from dwlt_tf import checks, identity, pruning, pruning_wrapper, runtime, tickets, train
+from dwlt_tf import checks, errors, identity, pruning, pruning_wrapper, runtime, tickets, train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +45,8 @@ class ImpSpec:
     rounds: int = identity.neutral(11)
     fraction: float = 0.2            # of the surviving weights, per round
     prunable: tuple = ("conv",)      # the reference prunes every Conv2d, fc stays dense
+    # "unstructured" (the paper's) or "N:M": rounds then descend to N of every M.
+    pattern: str = pruning.UNSTRUCTURED
 
     def __post_init__(self):
         checks.positive_int("imp.rounds", self.rounds)
@@ -45,6 +54,32 @@ class ImpSpec:
         object.__setattr__(self, "prunable", checks.str_tuple(
             "imp.prunable", self.prunable, tuple(pruning_wrapper.PRUNABLE_TYPES),
             nonempty=True))
+        try:
+            nm = pruning.parse_pattern(self.pattern, "imp.pattern")
+        except ValueError as e:
+            raise errors.ConfigError(str(e)) from None
+        if nm and self.rounds > nm[1] - nm[0]:
+            checks.fail("imp.rounds", self.rounds,
+                        f"a {self.pattern} pattern is reached after {nm[1] - nm[0]} rounds "
+                        f"(one weight of every {nm[1]} per round)")
+
+    @property
+    def nm(self):
+        return pruning.parse_pattern(self.pattern)
+
+    def prune(self, kernels, masks, round_):
+        """Ticket `round_`'s masks from the kernels (theta0 for round 1, else the weights
+        trained under ticket `round_ - 1`'s `masks`)."""
+        if self.nm is None:
+            return pruning.global_magnitude_masks(kernels, masks, self.fraction)
+        return pruning.nm_masks(kernels, self.nm[1] - round_, self.nm[1], masks)
+
+    def ticket_meta(self, round_):
+        """What a ticket of round `round_` records about how it was cut."""
+        if self.nm is None:
+            return {"fraction": self.fraction, "pattern": pruning.UNSTRUCTURED}
+        return {"pattern": f"{self.nm[1] - round_}:{self.nm[1]}",
+                "pattern_axis": pruning.NM_AXIS, "target_pattern": self.pattern}
 
 
 def ticket_dir(workdir, k):
@@ -100,11 +135,10 @@ def run(pretrained_fn: Callable[[], tf_keras.Model], splits, train_spec: train.T
     masks = None  # the masks the next round starts from, when computed in this call
     if not tickets.is_ticket(paths[0]):
         theta0 = pruning_wrapper.wrap(pretrained_fn(), prunable=imp_spec.prunable)
-        masks = pruning.global_magnitude_masks(pruning_wrapper.get_kernels(theta0), None,
-                                               imp_spec.fraction)
+        masks = imp_spec.prune(pruning_wrapper.get_kernels(theta0), None, 1)
         if chief:
             tickets.save(paths[0], masks, {**meta, "round": 1, "trained_rounds": 0,
-                                           "fraction": imp_spec.fraction})
+                                           **imp_spec.ticket_meta(1)})
     for k in range(1, imp_spec.rounds):
         if tickets.is_ticket(paths[k]):
             masks = None
@@ -116,10 +150,10 @@ def run(pretrained_fn: Callable[[], tf_keras.Model], splits, train_spec: train.T
                            strategy, inputs={"kind": "imp_round", "pretrained": pretrained,
                                              "ticket": tickets.fingerprint(masks)})
         trained = pruning_wrapper.get_kernels(result.model)
-        new_masks = pruning.global_magnitude_masks(trained, masks, imp_spec.fraction)
+        new_masks = imp_spec.prune(trained, masks, k + 1)
         if chief:
             tickets.save(paths[k], new_masks, {
-                **meta, "round": k + 1, "trained_rounds": k, "fraction": imp_spec.fraction,
+                **meta, "round": k + 1, "trained_rounds": k, **imp_spec.ticket_meta(k + 1),
                 "train_spec": train_spec.as_dict(),
                 "previous_round_val": result.final.get("val_sa"),
                 "previous_round_val_ra": result.final.get("val_ra")})
@@ -127,7 +161,7 @@ def run(pretrained_fn: Callable[[], tf_keras.Model], splits, train_spec: train.T
     return paths
 
 
-BASELINES = ("omp", "random")
+BASELINES = tuple(name for name, m in pruning.METHODS.items() if not m.iterative)
 
 
 def baseline_ticket(pretrained_fn: Callable[[], tf_keras.Model], method: str, path: str,
@@ -138,14 +172,26 @@ def baseline_ticket(pretrained_fn: Callable[[], tf_keras.Model], method: str, pa
     `omp` prunes the smallest |w| of theta0 globally, `random` uniformly random entries,
     both over the same layers IMP prunes (`prunable`), to exactly `pruned` zeros (e.g.
     an IMP ticket's count, for a comparison at equal sparsity) or to round(sparsity x
-    weights). Written with `tickets.save` (never overwritten); returns the path.
+    weights). `omp_2by4` keeps the 2 largest |w| of every 4 input channels (its
+    sparsity is the pattern's: give neither `pruned` nor `sparsity`). Written with
+    `tickets.save` (never overwritten); returns the path.
     """
     if method not in BASELINES:
         raise ValueError(f"Unknown baseline {method!r}; choose one of {BASELINES}")
-    if (pruned is None) == (sparsity is None):
-        raise ValueError("give exactly one of pruned (a count) and sparsity (a fraction)")
+    nm = pruning.METHODS[method].nm
     kernels = pruning_wrapper.get_kernels(pruning_wrapper.wrap(pretrained_fn(),
                                                                prunable=prunable))
+    if nm is not None:
+        if pruned is not None or sparsity is not None:
+            raise ValueError(f"{method} prunes to its {pruning.pattern_name(nm)} pattern; "
+                             "give neither pruned nor sparsity")
+        masks = pruning.one_shot_nm_masks(kernels, nm)
+        return tickets.save(path, masks, {
+            **(meta or {}), "method": method, "seed": seed, "trained_rounds": 0,
+            "pattern": pruning.pattern_name(nm), "pattern_axis": pruning.NM_AXIS,
+            "pruned": sum(int(m.size - m.sum()) for m in masks.values())})
+    if (pruned is None) == (sparsity is None):
+        raise ValueError("give exactly one of pruned (a count) and sparsity (a fraction)")
     total = sum(k.size for k in kernels.values())
     if pruned is not None and not 0 <= pruned < total:
         raise ValueError(f"pruned={pruned} outside [0, {total})")
@@ -155,4 +201,5 @@ def baseline_ticket(pretrained_fn: Callable[[], tf_keras.Model], method: str, pa
     if pruned is not None and zeros != pruned:  # float rounding of the fraction: a bug
         raise AssertionError(f"{method} pruned {zeros} weights, asked for {pruned}")
     return tickets.save(path, masks, {**(meta or {}), "method": method, "seed": seed,
-                                      "pruned": zeros, "trained_rounds": 0})
+                                      "pruned": zeros, "trained_rounds": 0,
+                                      "pattern": pruning.UNSTRUCTURED})

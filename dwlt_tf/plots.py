@@ -19,9 +19,10 @@ from dwlt_tf import files, verdicts  # noqa: E402
 
 REGIMES = ("standard", "adversarial")
 COLORS = {"standard": "tab:blue", "adversarial": "tab:red"}
-STYLES = {"imp": "o-", "omp": "s--", "random": "^:"}
+# 2:4 tickets are single points (50 % by construction): stars, beside the curves.
+STYLES = {"imp": "o-", "omp": "s--", "random": "^:", "imp_2by4": "*", "omp_2by4": "P"}
 # Methods side by side at one sparsity: a small horizontal offset keeps bars apart.
-_OFFSET = {"imp": 0.0, "omp": 0.6, "random": 1.2}
+_OFFSET = {"imp": 0.0, "omp": 0.6, "random": 1.2, "imp_2by4": -0.6, "omp_2by4": -1.2}
 
 
 def plot(summary, workdir, rule: verdicts.Rule):

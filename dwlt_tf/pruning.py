@@ -9,9 +9,21 @@ with the smallest |w| and keeps pruned entries pruned, so round k has sparsity
 torch uses it. Entries tied at the threshold are pruned in order of (tensor order,
 flat index), which makes the result deterministic.
 
-Strategies live in a small registry (`STRATEGIES`) so configs name them.
+N:M masks (`nm_masks`) keep the N largest-magnitude weights of every group of M
+consecutive input channels -- the 2:4 pattern the sparse tensor cores of Ampere and
+later GPUs run (through TensorRT / cuSPARSELt). Groups run along the kernel's axis -2,
+the input-channel axis of both Keras Conv2D kernels (kh, kw, cin, cout) and Dense
+kernels (cin, cout), at fixed (kh, kw, cout): the grouping of TF-MOT's
+`sparsity_m_by_n` (`pruning_utils.weights_rearrange`), which the tests check against.
+A kernel whose input channels are not a multiple of M (the stem conv, 3 channels) has
+no such groups and stays dense: TensorRT runs it densely anyway.
+
+Strategies live in a small registry (`STRATEGIES`) so configs name them; the pruning
+methods a study can compare (`METHODS`) say which are iterative and which pattern
+their tickets have.
 """
-from typing import Dict, Optional
+import dataclasses
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -135,3 +147,124 @@ def prune_to_sparsity(strategy, kernels, target, seed=0):
         raise ValueError(f"Unknown pruning strategy {strategy!r}; choose one of "
                          f"{sorted(STRATEGIES)}")
     return STRATEGIES[strategy](kernels, target, seed)
+
+
+# ------------------------------------------------------------------- N:M pattern
+
+UNSTRUCTURED = "unstructured"
+# Where N:M groups run, as recorded in tickets and exports.
+NM_AXIS = ("input channels: axis 2 of Keras Conv2D kernels (kh, kw, cin, cout), axis 0 of "
+           "Dense kernels; in PyTorch / ONNX layout (cout, cin, kh, kw), axis 1")
+
+
+def parse_pattern(value, where="pattern") -> Optional[Tuple[int, int]]:
+    """"unstructured" -> None; "N:M" (e.g. "2:4": N of every M kept) -> (N, M)."""
+    if value == UNSTRUCTURED:
+        return None
+    parts = value.split(":") if isinstance(value, str) else []
+    if len(parts) == 2 and all(p.isdigit() for p in parts):
+        n, m = int(parts[0]), int(parts[1])
+        if 0 < n < m:
+            return n, m
+    raise ValueError(f"{where}={value!r}: give {UNSTRUCTURED!r} or 'N:M' with 0 < N < M "
+                     "(e.g. '2:4': 2 of every 4 consecutive input-channel weights kept)")
+
+
+def pattern_name(pattern: Optional[Tuple[int, int]]) -> str:
+    return UNSTRUCTURED if pattern is None else f"{pattern[0]}:{pattern[1]}"
+
+
+def nm_eligible(shape, m) -> bool:
+    """Whether a kernel of `shape` has groups of `m` input channels (axis -2)."""
+    return len(shape) >= 2 and shape[-2] % m == 0
+
+
+def _groups(array, m):
+    """View of `array` (..., cin, cout) as (groups, m): consecutive input channels."""
+    moved = np.moveaxis(np.asarray(array), -2, -1)  # (..., cout, cin)
+    return moved.reshape(-1, m)
+
+
+def _ungroup(groups, shape):
+    moved_shape = tuple(shape[:-2]) + (shape[-1], shape[-2])
+    return np.moveaxis(groups.reshape(moved_shape), -1, -2)
+
+
+def nm_masks(kernels: Dict[str, np.ndarray], n: int, m: int,
+             masks: Optional[Masks] = None) -> Masks:
+    """Keeps the `n` largest |w| among the unpruned entries of every group of `m`
+    consecutive input channels; kernels without such groups keep their mask.
+
+    Ties go to the lower input channel (as `tf.math.top_k`). Pruned entries of `masks`
+    stay pruned, so every group needs at least `n` unpruned entries.
+    """
+    if not 0 < n < m:
+        raise ValueError(f"N:M pattern {n}:{m}: needs 0 < N < M")
+    masks = _check_masks(kernels, masks)
+    out = {}
+    for name, kernel in kernels.items():
+        mask = masks[name]
+        if not nm_eligible(np.shape(kernel), m):
+            out[name] = mask.copy()
+            continue
+        alive = _groups(mask, m)
+        short = int(np.count_nonzero(alive.sum(axis=1) < n))
+        if short:
+            raise ValueError(f"kernel {name!r}: {short} groups of {m} have fewer than {n} "
+                             "unpruned weights; an N:M mask cannot be cut from this mask")
+        scores = np.where(alive, np.abs(_groups(kernel, m).astype(np.float32)), -np.inf)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :n]
+        keep = np.zeros_like(alive)
+        np.put_along_axis(keep, order, True, axis=1)
+        out[name] = _ungroup(keep, np.shape(kernel))
+    return out
+
+
+def nm_violations(arrays: Dict[str, np.ndarray], n: int, m: int) -> Dict[str, int]:
+    """{name: number of groups of `m` with more than `n` non-zeros} for every kernel
+    with groups (others are listed by `nm_dense_layers`); empty: all satisfy N:M."""
+    out = {}
+    for name, array in arrays.items():
+        if nm_eligible(np.shape(array), m):
+            bad = int(np.count_nonzero((_groups(np.asarray(array) != 0, m)).sum(axis=1) > n))
+            if bad:
+                out[name] = bad
+    return out
+
+
+def nm_dense_layers(arrays: Dict[str, np.ndarray], m: int):
+    """Names of the kernels an N:M pattern leaves dense (input channels not a multiple
+    of `m`)."""
+    return sorted(name for name, a in arrays.items() if not nm_eligible(np.shape(a), m))
+
+
+# ----------------------------------------------------------------------- methods
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A pruning method a study compares: how its tickets are found and their pattern."""
+    name: str
+    iterative: bool                 # IMP with rewinding (else one-shot from theta0)
+    pattern: str = UNSTRUCTURED     # "unstructured" or "N:M" of the method's tickets
+    versus: Optional[str] = None    # the IMP method a one-shot baseline is measured against
+
+    @property
+    def nm(self) -> Optional[Tuple[int, int]]:
+        return parse_pattern(self.pattern)
+
+
+METHODS = {method.name: method for method in (
+    Method("imp", True),
+    Method("omp", False, versus="imp"),
+    Method("random", False, versus="imp"),
+    # 2:4 (50 % of every N:M-eligible kernel by construction): IMP descends one weight
+    # per group per round (4:4 -> 3:4 -> 2:4), OMP cuts 2:4 from theta0 at once.
+    Method("imp_2by4", True, "2:4"),
+    Method("omp_2by4", False, "2:4", versus="imp_2by4"),
+)}
+
+
+def one_shot_nm_masks(kernels, pattern):
+    """The N:M one-shot baseline: `nm_masks` of the pre-trained weights."""
+    n, m = pattern
+    return nm_masks(kernels, n, m)

@@ -16,8 +16,10 @@ deviations alongside), and "no worse" follows the configured rule (`verdicts.py`
   lottery-ticket literature's "within one standard deviation"; one seed: tolerance 0).
 
 Tickets of every pruning method (`imp`, and the `omp` / `random` baselines at the same
-sparsities) get verdicts; the IMP tickets are the study's tickets, the others tell
-whether IMP beats one-shot and random pruning at equal sparsity.
+sparsities; `imp_2by4` and its `omp_2by4` baseline, 2:4 structured) get verdicts; the
+IMP tickets are the study's tickets, the others tell whether IMP beats one-shot and
+random pruning at equal sparsity, and whether a 2:4 ticket -- the sparsity GPUs run
+faster -- keeps up with the unstructured ticket of nearest sparsity.
 """
 import collections
 import csv
@@ -26,11 +28,11 @@ import os
 
 import numpy as np
 
-from dwlt_tf import files, records, verdicts
+from dwlt_tf import files, pruning, records, verdicts
 
 REGIMES = ("standard", "adversarial")
 RULES = verdicts.RULES
-METHODS = ("imp", "omp", "random")
+METHODS = tuple(pruning.METHODS)
 AUDIT_ATTACKS = ("pgd", "apgd_ce", "apgd_t", "fab_t", "apgd_dlr", "square")
 AUDIT_NAMES = {"pgd": "PGD RA", "apgd_ce": "APGD-CE", "apgd_t": "APGD-T", "fab_t": "FAB-T",
                "apgd_dlr": "APGD-DLR", "square": "Square"}
@@ -174,25 +176,53 @@ def _judge_group(members, rule, outcomes, pending):
         group_verdicts.append(verdict)
     return {"dense": {regime: _aggregate(found) for regime, found in dense_rows.items()},
             "tickets": group_verdicts,
-            "versus": _versus_baselines(by, tickets, outcomes, pending) if outcomes else []}
+            "versus": _versus_baselines(by, tickets, outcomes, pending) if outcomes else [],
+            "structured": (_structured_versus_unstructured(by, tickets, outcomes, pending)
+                           if outcomes else [])}
 
 
 def _versus_baselines(by, tickets, outcomes, pending):
-    """IMP minus each baseline at the same round (equal sparsity), example by example:
-    [{"method", "ticket", "sparsity", "<regime>_<metric>_diff"}], filled by the bootstrap."""
+    """Each IMP method minus its one-shot baselines at the same ticket (equal sparsity;
+    `imp_2by4` against `omp_2by4`), example by example: [{"method", "versus", "ticket",
+    "sparsity", "<regime>_<metric>_diff"}], filled by the bootstrap."""
     out = []
     for method, ticket, sparsity in tickets:
-        if method == "imp" or ("imp", ticket, sparsity) not in tickets:
+        reference = pruning.METHODS[method].versus if method in pruning.METHODS else None
+        if reference is None or not any(t[0] == reference and t[1] == ticket
+                                         for t in tickets):
             continue
-        entry = {"method": method, "ticket": ticket, "sparsity": sparsity}
-        for regime in REGIMES:
-            for metric in ("sa", "ra"):
-                entry[f"{regime}_{metric}_diff"] = None
-                ours, theirs = by.get(("imp", ticket, regime)), by.get((method, ticket, regime))
-                comparison = outcomes.comparison(ours, theirs, metric) if ours and theirs \
-                    else None
-                if comparison is not None:
-                    pending.append((entry, f"{regime}_{metric}", comparison))
+        entry = {"method": method, "versus": reference, "ticket": ticket,
+                 "sparsity": sparsity}
+        _pair(entry, by.get, (reference, ticket), (method, ticket), outcomes, pending)
+        out.append(entry)
+    return out
+
+
+def _pair(entry, rows_of, ours, theirs, outcomes, pending):
+    """Queues `ours` minus `theirs` ((method, ticket) each) per regime and metric."""
+    for regime in REGIMES:
+        for metric in ("sa", "ra"):
+            entry[f"{regime}_{metric}_diff"] = None
+            mine, other = rows_of(ours + (regime,)), rows_of(theirs + (regime,))
+            comparison = outcomes.comparison(mine, other, metric) if mine and other else None
+            if comparison is not None:
+                pending.append((entry, f"{regime}_{metric}", comparison))
+
+
+def _structured_versus_unstructured(by, tickets, outcomes, pending):
+    """Each N:M IMP ticket minus the unstructured IMP ticket of nearest sparsity:
+    [{"method", "ticket", "sparsity", "unstructured", "unstructured_sparsity",
+    "<regime>_<metric>_diff"}]."""
+    unstructured = [t for t in tickets if t[0] == "imp"]
+    out = []
+    for method, ticket, sparsity in tickets:
+        spec = pruning.METHODS.get(method)
+        if spec is None or spec.nm is None or not spec.iterative or not unstructured:
+            continue
+        near = min(unstructured, key=lambda t: (abs(t[2] - sparsity), t[2]))
+        entry = {"method": method, "ticket": ticket, "sparsity": sparsity,
+                 "unstructured": near[1], "unstructured_sparsity": near[2]}
+        _pair(entry, by.get, (method, ticket), ("imp", near[1]), outcomes, pending)
         out.append(entry)
     return out
 
@@ -219,31 +249,33 @@ def _best_seed(rows):
     return max(rows, key=lambda r: (r.val_ra or 0.0, -r.seed))
 
 
-def choose_export(rows, summary):
-    """The ticket to deploy: the sparsest double-win IMP ticket (ties: higher adversarial
-    RA); without any, the IMP ticket with the best adversarial RA. Of its seeds, the run
-    with the best validation RA. Returns (row, reason)."""
+def choose_export(rows, summary, method="imp"):
+    """The ticket to deploy among `method`'s (default IMP; e.g. `imp_2by4` for a 2:4
+    ticket): its sparsest double-win ticket (ties: higher adversarial RA); without any,
+    its ticket with the best adversarial RA. Of its seeds, the run with the best
+    validation RA. Returns (row, reason)."""
     candidates = []
     for key, group in summary.items():
-        if group["sparsest_double_win"]:
-            v = group["sparsest_double_win"]
+        v = group["sparsest_double_win_by_method"].get(method)
+        if v:
             candidates.append((v["sparsity"], v["adversarial_ra"] or 0.0, key, v["ticket"]))
-    adversarial = [r for r in rows if r.regime == "adversarial" and _method(r) == "imp"]
+    adversarial = [r for r in rows if r.regime == "adversarial" and _method(r) == method]
+    label = "" if method == "imp" else f"{method} "
     if candidates:
         sparsity, _, key, ticket = max(candidates)
         row = _best_seed([r for r in adversarial
                           if _group_key(r) == key and r.ticket == ticket])
-        return row, (f"sparsest double-win ticket ({ticket}, {100 * sparsity:.2f}% sparse, "
-                     f"{key[0]} pre-training, {key[1]} at data rate {key[2]})")
+        return row, (f"sparsest double-win {label}ticket ({ticket}, {100 * sparsity:.2f}% "
+                     f"sparse, {key[0]} pre-training, {key[1]} at data rate {key[2]})")
     if not adversarial:
-        return None, "no adversarially transferred ticket to export"
+        return None, f"no adversarially transferred {label}ticket to export"
     best = max(adversarial, key=lambda r: (r.ra, r.sa))
     row = _best_seed([r for r in adversarial
                       if _group_key(r) == _group_key(best) and r.ticket == best.ticket])
     key = _group_key(row)
-    return row, (f"the ticket with the best adversarial RA ({row.ticket}, "
+    return row, (f"the {label}ticket with the best adversarial RA ({row.ticket}, "
                  f"{100 * row.sparsity:.2f}% sparse, {key[0]} pre-training, {key[1]} at data "
-                 f"rate {key[2]}; no ticket is double-win)")
+                 f"rate {key[2]}; no {label}ticket is double-win)")
 
 
 def write_tables(rows, workdir):
@@ -335,13 +367,13 @@ def markdown(rows, summary, rule: verdicts.Rule, export_note=None, seeds=None, a
                        else "No double-win ticket in this setting" + (
                            _why_not(group, rule) if rule.rule == "paired" else "."))]
         baselines = {m: v for m, v in group["sparsest_double_win_by_method"].items()
-                     if m != "imp"}
+                     if m in pruning.METHODS and not pruning.METHODS[m].iterative}
         if baselines:
             lines.append("Sparsest double-win baseline: " + "; ".join(
                 f"{m}: " + (f"{v['ticket']} ({100 * v['sparsity']:.2f}%)" if v else "none")
                 for m, v in sorted(baselines.items())) + ".")
         if rule.rule == "paired":
-            lines += _unsettled(group, rule) + _versus_table(group)
+            lines += _unsettled(group, rule) + _versus_table(group) + _structured_table(group)
         lines.append("")
     if audits:
         lines += _audit_section(audits, audit_differences or [])
@@ -357,10 +389,14 @@ def headline(summary):
     for (pretraining, dataset, rate), group in summary.items():
         counts = collections.Counter(v["double_win"] for v in group["tickets"])
         best = group["sparsest_double_win"]
+        structured = [f"{v['ticket']} ({v['method']}) double-win {_mark(v['double_win'])}"
+                      for v in group["tickets"] if v["method"] in pruning.METHODS
+                      and pruning.METHODS[v["method"]].nm is not None]
         lines.append(f"{pretraining} pre-training -> {dataset} @ {rate:g}: sparsest double-win "
                      + (f"{best['ticket']} ({100 * best['sparsity']:.2f}%)" if best else "none")
                      + "; double-win " + ", ".join(f"{counts[w]} {w}" for w in (
-                         verdicts.YES, verdicts.NO, verdicts.INCONCLUSIVE) if counts[w]))
+                         verdicts.YES, verdicts.NO, verdicts.INCONCLUSIVE) if counts[w])
+                     + "".join(f"; {text}" for text in structured))
     return lines
 
 
@@ -445,8 +481,34 @@ def _versus_table(group):
     for entry in group["versus"]:
         cells = [_versus_cell(entry[f"{regime}_{metric}_diff"]) for regime in REGIMES
                  for metric in ("sa", "ra")]
-        lines.append(f"| {entry['method']} ({entry['ticket']}) | "
+        against = "" if entry["versus"] == "imp" else f", vs {entry['versus']}"
+        lines.append(f"| {entry['method']} ({entry['ticket']}{against}) | "
                      f"{100 * entry['sparsity']:.2f}% | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _structured_table(group):
+    """N:M IMP tickets next to the unstructured IMP ticket of nearest sparsity."""
+    if not group.get("structured"):
+        return []
+    by_ticket = {(v["method"], v["ticket"]): v for v in group["tickets"]}
+    lines = ["", "N:M tickets next to the unstructured IMP ticket of nearest sparsity (an "
+             "N:M ticket keeps N of every M consecutive input-channel weights of each "
+             "conv whose input channels are a multiple of M -- 2:4 is 50 % of those by "
+             "construction; the stem conv stays dense, so the overall sparsity is just "
+             "under 50 %). Δ = N:M minus unstructured (points; same test examples and "
+             "seeds; 95 % CI):", "",
+             "| N:M ticket | sparsity | double-win | unstructured | sparsity | double-win "
+             "| std ΔSA | std ΔRA | adv ΔSA | adv ΔRA |", "|" + "---|" * 10]
+    for entry in group["structured"]:
+        ours = by_ticket.get((entry["method"], entry["ticket"]), {})
+        theirs = by_ticket.get(("imp", entry["unstructured"]), {})
+        cells = [_interval(entry[f"{regime}_{metric}_diff"]) for regime in REGIMES
+                 for metric in ("sa", "ra")]
+        lines.append(f"| {entry['ticket']} ({entry['method']}) | "
+                     f"{100 * entry['sparsity']:.2f}% | {_double(ours.get('double_win'))} | "
+                     f"{entry['unstructured']} | {100 * entry['unstructured_sparsity']:.2f}% | "
+                     f"{_double(theirs.get('double_win'))} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -19,8 +19,8 @@ import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import tensorflow as tf
 
 from dwlt_tf import audit as audit_lib
-from dwlt_tf import (cells, convert, data, errors, export, files, identity, imp, records,
-                     report, runs, runtime, tickets, train, transfer)
+from dwlt_tf import (cells, convert, data, errors, export, files, identity, imp, pruning,
+                     records, report, runs, runtime, tickets, train, transfer)
 from dwlt_tf.study_spec import StudySpec
 
 
@@ -39,8 +39,8 @@ class TransferRow:
     dataset: str
     data_rate: float
     regime: str
-    method: str                  # dense | imp | omp | random
-    ticket: str                  # "dense" or "round k"
+    method: str                  # dense | a `pruning.METHODS` name
+    ticket: str                  # "dense", "round k" or an N:M pattern ("2:4")
     sparsity: float
     seed: int
     sa: float                    # test SA of the best-SA checkpoint
@@ -271,8 +271,17 @@ class PretrainStage:
 
 
 class ImpStage:
-    """IMP with rewinding: tickets 1..imp.rounds of a pre-training."""
+    """IMP with rewinding: tickets 1..imp.rounds of a pre-training (or, for an N:M
+    method such as `imp_2by4`, its rounds down to the pattern)."""
     kind = "imp"
+
+    @staticmethod
+    def imp_spec(ctx, cell) -> imp.ImpSpec:
+        nm = pruning.METHODS[cell.method].nm
+        if nm is None:
+            return ctx.spec.imp
+        return dataclasses.replace(ctx.spec.imp, pattern=pruning.pattern_name(nm),
+                                   rounds=nm[1] - nm[0])
 
     def inputs(self, ctx, cell):
         return {"weights": _weights(ctx, cell.pretraining),
@@ -280,24 +289,29 @@ class ImpStage:
 
     def identity(self, ctx, cell, inputs, full=False):
         entry = ctx.spec.pretrainings[cell.pretraining]
-        return imp.run_identity(entry.imp, ctx.spec.imp, inputs["source"],
+        return imp.run_identity(entry.imp, self.imp_spec(ctx, cell), inputs["source"],
                                 inputs["weights"].identity, ctx.strategy, full)
 
     def finished(self, ctx, cell, path):
         return all(tickets.is_ticket(imp.ticket_dir(path, k))
-                   for k in range(1, ctx.spec.imp.rounds + 1))
+                   for k in range(1, self.imp_spec(ctx, cell).rounds + 1))
 
     def output(self, ctx, cell, inputs, path):
-        return {k: _ticket(imp.ticket_dir(path, k)) for k in ctx.spec.ticket_rounds}
+        """{round: Ticket}: the transferred rounds (N:M: the last round only)."""
+        spec = self.imp_spec(ctx, cell)
+        rounds = ctx.spec.ticket_rounds if spec.nm is None else [spec.rounds]
+        return {k: _ticket(imp.ticket_dir(path, k)) for k in rounds}
 
     def compute(self, ctx, cell, inputs, path):
         entry, weights = ctx.spec.pretrainings[cell.pretraining], inputs["weights"]
+        spec = self.imp_spec(ctx, cell)
         meta = convert.load_meta(weights.path)
-        ctx.log(f"[imp] {cell.pretraining}: {ctx.spec.imp.rounds} tickets ({entry.imp.mode} "
-                f"training) -> {path}")
+        what = (f"{spec.rounds} tickets" if spec.nm is None else
+                f"{spec.rounds} rounds to {spec.pattern}")
+        ctx.log(f"[imp] {cell.pretraining}: {what} ({entry.imp.mode} training) -> {path}")
         imp.run(lambda: convert.load_converted(weights.path).model,
-                ctx.splits(ctx.spec.source), entry.imp, ctx.spec.imp, path, ctx.strategy,
-                meta={"pretraining": cell.pretraining,
+                ctx.splits(ctx.spec.source), entry.imp, spec, path, ctx.strategy,
+                meta={"pretraining": cell.pretraining, "method": cell.method,
                       "imp_cell": os.path.basename(path).split("_", 1)[1],
                       "source_sha256": meta["source_sha256"], "arch": meta["arch"]},
                 pretrained=weights.identity)
@@ -311,10 +325,13 @@ def _ticket(path) -> Ticket:
 
 
 class BaselineStage:
-    """A one-shot ticket (OMP or random) with exactly an IMP ticket's number of zeros."""
+    """A one-shot ticket: OMP or random with exactly an IMP ticket's number of zeros, or
+    an N:M one (`omp_2by4`) at its pattern."""
     kind = "baseline"
 
     def inputs(self, ctx, cell):
+        if pruning.METHODS[cell.method].nm is not None:
+            return {"imp_ticket": None, "weights": _weights(ctx, cell.pretraining)}
         found = _gather(ctx, [cells.imp_address(cell.pretraining),
                               cells.pretrain_address(cell.pretraining)])
         return {"imp_ticket": found[cells.imp_address(cell.pretraining)][cell.round],
@@ -325,6 +342,11 @@ class BaselineStage:
         return None if cell.seed is None else [ctx.spec.pruning_seed, cell.seed]
 
     def identity(self, ctx, cell, inputs, full=False):
+        if inputs["imp_ticket"] is None:  # N:M: the pattern, not a count, says how far
+            return {"kind": "baseline", "method": cell.method,
+                    "pretrained": inputs["weights"].identity,
+                    "pattern": pruning.METHODS[cell.method].pattern,
+                    "prunable": list(ctx.spec.imp.prunable)}
         return {"kind": "baseline", "method": cell.method,
                 "pretrained": inputs["weights"].identity,
                 "pruned": inputs["imp_ticket"].pruned,
@@ -338,16 +360,24 @@ class BaselineStage:
 
     def compute(self, ctx, cell, inputs, path):
         ticket, weights = inputs["imp_ticket"], inputs["weights"]
+        model_fn = lambda: convert.load_converted(weights.path).model  # noqa: E731
+        meta = {"pretraining": cell.pretraining,
+                "baseline_cell": os.path.basename(path).split("_", 1)[1]}
+        if ticket is None:
+            ctx.log(f"[baseline] {cell.pretraining}: {cell.method} -> {path}")
+            imp.baseline_ticket(model_fn, cell.method, os.path.join(path, "ticket"),
+                                prunable=ctx.spec.imp.prunable, meta={
+                                    **meta, "source_sha256": convert.load_meta(
+                                        weights.path).get("source_sha256")})
+            return
         ctx.log(f"[baseline] {cell.pretraining}: {cell.method} at round {cell.round}'s "
                 f"sparsity" + (f" (seed {cell.seed})" if cell.seed is not None else "")
                 + f" -> {path}")
         imp_meta = files.read_json(os.path.join(ticket.path, tickets.META_FILE))
-        imp.baseline_ticket(lambda: convert.load_converted(weights.path).model, cell.method,
-                            os.path.join(path, "ticket"), pruned=ticket.pruned,
-                            seed=self.seed(ctx, cell) or 0, prunable=ctx.spec.imp.prunable,
-                            meta={"pretraining": cell.pretraining,
-                                  "baseline_cell": os.path.basename(path).split("_", 1)[1],
-                                  "round": cell.round,
+        imp.baseline_ticket(model_fn, cell.method, os.path.join(path, "ticket"),
+                            pruned=ticket.pruned, seed=self.seed(ctx, cell) or 0,
+                            prunable=ctx.spec.imp.prunable,
+                            meta={**meta, "round": cell.round,
                                   "source_sha256": imp_meta.get("source_sha256")})
 
 
@@ -358,8 +388,8 @@ class TransferStage:
     def _ticket_address(self, cell):
         if cell.method == "dense":
             return None
-        if cell.method == "imp":
-            return cells.imp_address(cell.pretraining)
+        if pruning.METHODS[cell.method].iterative:
+            return cells.imp_address(cell.pretraining, cell.method)
         return cells.baseline_address(cell.pretraining, cell.method, cell.round,
                                       cell.seed if cell.method == "random" else None)
 
@@ -370,8 +400,8 @@ class TransferStage:
             needed.append(ticket_address)
         found = _gather(ctx, needed)
         ticket = found[ticket_address] if ticket_address else None
-        if cell.method == "imp":
-            ticket = ticket[cell.round]
+        if cell.method != "dense" and pruning.METHODS[cell.method].iterative:
+            ticket = ticket[cell.round] if cell.round is not None else ticket[max(ticket)]
         return {"weights": found[cells.pretrain_address(cell.pretraining)], "ticket": ticket,
                 "dataset": ctx.data_identity(cell.dataset)}
 
@@ -425,16 +455,19 @@ class ExportStage:
     def inputs(self, ctx, cell):
         rows = list(_gather(ctx, cell.needs).values())
         summary = report.analyze(rows, ctx.spec.report, ctx.read_records)
-        row, reason = report.choose_export(rows, summary)
+        row, reason = report.choose_export(rows, summary, ctx.spec.export.get("method", "imp"))
         return {"row": row, "reason": reason}
 
     def identity(self, ctx, cell, inputs, full=False):
         del full  # nothing at a default to spell out
         row = inputs["row"]
         run_key = os.path.basename(row.cell).split("_", 1)[1] if row else None
-        return {"kind": "export", "run": run_key, "checkpoint": "best_ra",
-                "version": ctx.spec.export.get("version", 1),
-                "tflite": ctx.spec.export.get("tflite", False)}
+        out = {"kind": "export", "run": run_key, "checkpoint": "best_ra",
+               "version": ctx.spec.export.get("version", 1),
+               "tflite": ctx.spec.export.get("tflite", False)}
+        if ctx.spec.export.get("onnx", False):  # only when set: older keys stay valid
+            out["onnx"] = True
+        return out
 
     def finished(self, ctx, cell, path):
         record = os.path.join(path, self.RECORD)
@@ -472,7 +505,8 @@ def _export_row(ctx, row, reason):
         export.export_run(run, export_dir, version, which="ra",
                           tflite=ctx.spec.export.get("tflite", False),
                           extra={"selection": reason, "seed": row.seed},
-                          splits=ctx.splits(run.dataset), log=ctx.log)
+                          splits=ctx.splits(run.dataset), log=ctx.log,
+                          onnx=ctx.spec.export.get("onnx", False))
     info = export.exported_info(export_dir, version)
     prefix = ""
     if version != wanted:

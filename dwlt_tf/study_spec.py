@@ -13,7 +13,8 @@ from typing import Dict, List, Optional, Tuple
 import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 
 from dwlt_tf import audit as audit_lib
-from dwlt_tf import checks, convert, data, imp, report, train, verdicts
+from dwlt_tf import checks, convert, data, errors, imp, pruning, report, train, verdicts
+from dwlt_tf import export as export_lib
 from dwlt_tf import leases as leases_lib
 from dwlt_tf import config as cfg
 
@@ -107,7 +108,8 @@ def study_spec(config) -> StudySpec:
         pretrainings=_pretrainings(config.pretrainings, config.imp.train, model),
         imp=imp_spec, ticket_rounds=rounds, datasets=_downstream(config.downstream),
         transfer=_transfer(config.transfer, config.downstream.datasets),
-        report=_report(config.report), export=_export(config.export), seeds=_seeds(config),
+        report=_report(config.report), export=_export(config.export, methods),
+        seeds=_seeds(config),
         methods=methods, baseline_rounds=baseline_rounds, pruning_seed=pruning_seed,
         audit=_audit(config.get("audit")), leases=_leases(config.get("leases")),
         launcher=_launcher(config.get("launcher")))
@@ -234,12 +236,20 @@ def _report(section):
     return verdicts.Rule(**values)
 
 
-def _export(section):
-    cfg.check_keys(section, ("enabled", "version", "tflite"), "export")
+def _export(section, methods):
+    cfg.check_keys(section, ("enabled", "version", "tflite", "onnx", "method"), "export")
     values = cfg.to_dict(section)
     checks.positive_int("export.version", values.get("version", 1))
     checks.boolean("export.enabled", values.get("enabled", True))
     checks.boolean("export.tflite", values.get("tflite", False))
+    checks.boolean("export.onnx", values.get("onnx", False))
+    iterative = [m for m in methods if pruning.METHODS[m].iterative]
+    checks.choice("export.method", values.get("method", "imp"), iterative)
+    if values.get("onnx") and values.get("enabled", True):
+        try:
+            export_lib.check_onnx_available()
+        except errors.UserError as e:
+            raise cfg.ConfigError(f"export.onnx=True: {e}") from None
     return values
 
 
@@ -253,8 +263,10 @@ def _seeds(config):
 def _pruning(section, rounds):
     values = cfg.to_dict(section or {})
     cfg.check_keys(values, ("methods", "rounds", "seed"), "pruning")
-    methods = list(checks.str_tuple("pruning.methods", values.get("methods") or ("imp",),
-                                    report.METHODS))
+    raw = values.get("methods") or ("imp",)
+    if isinstance(raw, (tuple, list)) and len(raw) == 1 and isinstance(raw[0], str):
+        raw = tuple(m.strip() for m in raw[0].split(","))  # --config.pruning.methods=imp,omp
+    methods = list(checks.str_tuple("pruning.methods", raw, report.METHODS))
     if "imp" not in methods:
         raise cfg.ConfigError(f"pruning.methods={tuple(methods)!r}: choose among "
                               f"{report.METHODS}, 'imp' included (the baselines match the "

@@ -1,7 +1,8 @@
 """Runs the tiny study and (optionally) SIGKILLs itself at a chosen point: a crash test.
 
   python tests/study_worker.py --workdir=W [--kill_at=pretrain|imp|after_cell|export]
-                               [--kill_after=N] [--shard=I/N]
+                               [--kill_after=N] [--shard=I/N] [--methods=imp,imp_2by4]
+                               [--export_method=imp_2by4] [--onnx]
 
 pretrain / imp: at the N-th training step of the pre-training / an IMP round;
 after_cell: right after the N-th transfer cell finished; export: after the SavedModel
@@ -27,6 +28,9 @@ flags.DEFINE_enum("kill_at", None, ["pretrain", "imp", "after_cell", "export"], 
 flags.DEFINE_integer("kill_after", 1, "Which step / cell.")
 flags.DEFINE_string("shard", None, "Run this share of the cells (study.parse_shard).")
 flags.DEFINE_float("stale_seconds", 0, "Leases' stale time (0: the config's).")
+flags.DEFINE_list("methods", None, "pruning.methods (default: the tiny config's).")
+flags.DEFINE_string("export_method", None, "export.method (default: the tiny config's).")
+flags.DEFINE_bool("onnx", False, "export.onnx.")
 
 
 def _die():
@@ -77,6 +81,11 @@ def main(argv):
     _instrument()
     select = study.parse_shard(FLAGS.shard) if FLAGS.shard else None
     config = load_config("study", "tiny")
+    if FLAGS.methods:
+        config.pruning.methods = tuple(FLAGS.methods)
+    if FLAGS.export_method:
+        config.export.method = FLAGS.export_method
+    config.export.onnx = FLAGS.onnx
     if FLAGS.stale_seconds:
         config.leases.update(dict(heartbeat_seconds=FLAGS.stale_seconds / 4,
                                   stale_seconds=FLAGS.stale_seconds))

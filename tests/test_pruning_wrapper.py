@@ -1,4 +1,5 @@
-"""Tests for dwlt_tf.pruning_wrapper and dwlt_tf.imp: TF-MOT wrappers driven by global masks."""
+"""Tests for dwlt_tf.pruning_wrapper and dwlt_tf.imp: TF-MOT wrappers driven by global masks,
+IMP with rewinding (unstructured and descending to 2:4)."""
 import os
 
 import numpy as np
@@ -158,19 +159,26 @@ def test_strip_pruning_keeps_the_zeros_and_the_function():
     np.testing.assert_allclose(plain(x).numpy(), model(x).numpy(), rtol=1e-6, atol=1e-6)
 
 
-def test_imp_rewinds_to_theta0_and_reaches_exact_sparsities(tmp_path, tiny_splits):
-    theta0 = _tiny(seed=7)
+IMP_ROUND = train.TrainSpec(epochs=1, batch_size=64, lr=0.05, eval_attack=None, test=False,
+                            verbose=0)
+
+
+def _imp_run(workdir, splits, imp_spec, seed):
+    """(theta0, its builder, ticket paths) of an IMP run from a tiny random theta0."""
+    theta0 = _tiny(seed=seed)
     weights = theta0.get_weights()
 
     def pretrained_fn():
         model = models.build_resnet("resnet18", 5, "cifar", base_width=8)
         model.set_weights(weights)
         return model
-
-    spec = train.TrainSpec(epochs=1, batch_size=64, lr=0.05, eval_attack=None, test=False,
-                           verbose=0)
-    paths = imp.run(pretrained_fn, tiny_splits, spec, imp.ImpSpec(rounds=3), str(tmp_path),
+    paths = imp.run(pretrained_fn, splits, IMP_ROUND, imp_spec, str(workdir),
                     meta={"source_sha256": "abc"}, pretrained={"sha256": "abc"})
+    return theta0, pretrained_fn, paths
+
+
+def test_imp_rewinds_to_theta0_and_reaches_exact_sparsities(tmp_path, tiny_splits):
+    theta0, pretrained_fn, paths = _imp_run(tmp_path, tiny_splits, imp.ImpSpec(rounds=3), 7)
     total = sum(int(np.prod(layer.kernel.shape)) for layer in theta0.layers
                 if isinstance(layer, tf_keras.layers.Conv2D))
     for k, path in enumerate(paths, start=1):
@@ -193,6 +201,41 @@ def test_imp_rewinds_to_theta0_and_reaches_exact_sparsities(tmp_path, tiny_split
                                   theta0.get_layer("layer2.0.bn1").moving_variance.numpy())
     # A second call finds every ticket and trains nothing.
     mtimes = [os.path.getmtime(os.path.join(p, tickets.META_FILE)) for p in paths]
-    assert imp.run(pretrained_fn, tiny_splits, spec, imp.ImpSpec(rounds=3),
+    assert imp.run(pretrained_fn, tiny_splits, IMP_ROUND, imp.ImpSpec(rounds=3),
                    str(tmp_path), pretrained={"sha256": "abc"}) == paths
     assert mtimes == [os.path.getmtime(os.path.join(p, tickets.META_FILE)) for p in paths]
+
+
+def _per_group(mask, m=4):
+    """Non-zeros of every group of m consecutive input channels (axis -2)."""
+    return np.moveaxis(mask, -2, -1).reshape(-1, m).sum(axis=1)
+
+
+def test_2by4_imp_descends_3by4_then_2by4_on_trained_weights_with_rewinding(tmp_path,
+                                                                           tiny_splits):
+    _, pretrained_fn, paths = _imp_run(tmp_path, tiny_splits,
+                                       imp.ImpSpec(pattern="2:4", rounds=2), 5)
+    theta0 = pruning_wrapper.get_kernels(pruning_wrapper.wrap(pretrained_fn()))
+    previous = None
+    for k, path in enumerate(paths, start=1):
+        masks, meta = tickets.load(path)
+        assert meta["pattern"] == f"{4 - k}:4" and meta["target_pattern"] == "2:4"
+        assert masks["conv1"].all()  # the stem: 3 input channels, no groups of 4
+        for name, mask in masks.items():
+            if name != "conv1":
+                assert (_per_group(mask) == 4 - k).all(), (k, name)
+            if previous is not None:
+                assert not (mask & ~previous[name]).any(), name  # pruned stay pruned
+        previous = masks
+    # Round 1 is cut from theta0; round 2 from the weights trained under round 1's mask,
+    # so it is not one-shot 2:4 pruning of theta0 (the omp_2by4 baseline).
+    first, _ = tickets.load(paths[0])
+    np.testing.assert_array_equal(first["layer2.0.conv1"],
+                                  pruning.nm_masks(theta0, 3, 4)["layer2.0.conv1"])
+    last, _ = tickets.load(paths[1])
+    one_shot = pruning.one_shot_nm_masks(theta0, (2, 4))
+    assert any((one_shot[n] != last[n]).any() for n in last)
+    # Rewinding restores theta0 exactly under the 2:4 mask.
+    rewound = imp.masked_model(pretrained_fn, last)
+    for name, wrapper in pruning_wrapper.wrappers(rewound).items():
+        np.testing.assert_array_equal(wrapper.kernel.numpy(), theta0[name] * last[name])

@@ -19,8 +19,9 @@ import pytest
 
 from conftest import BUNDLED_CIFAR, REPO, load_config, snapshot
 from dwlt_tf import config as cfg
-from dwlt_tf import (convert, data, leases, pipeline, preemption, records, report, runs,
-                     stages, study, tickets, train, transfer, verdicts)
+from dwlt_tf import (cells, convert, data, export, leases, pipeline, preemption, pruning,
+                     pruning_wrapper, records, report, runs, stages, study, tickets, train,
+                     transfer, verdicts)
 
 TOLERANCE = verdicts.Rule("tolerance")
 
@@ -379,6 +380,68 @@ def test_tiny_study_writes_every_artifact(tiny_study):
     assert "RA measured with: PGD-2 linf eps 8/255" in text
 
 
+def _tiny_2by4_config():
+    config = load_config("study", "tiny")
+    config.pruning.methods = ("imp", "imp_2by4", "omp_2by4")
+    config.export.update(dict(method="imp_2by4", onnx=True))
+    return config
+
+
+@pytest.fixture(scope="module")
+def tiny_2by4_study(tiny_study, tmp_path_factory):
+    """The tiny study with the 2:4 methods added, exporting the 2:4 ticket (with ONNX):
+    on a copy of the tiny study, so only the 2:4 cells and the export are computed."""
+    workdir = str(tmp_path_factory.mktemp("study_2by4") / "study")
+    shutil.copytree(tiny_study[0], workdir)
+    rows, summary = study.run(_tiny_2by4_config(), workdir, log=lambda *_: None)
+    return workdir, rows, summary
+
+
+def test_2by4_tickets_stay_2by4_through_transfer_and_export(tiny_2by4_study):
+    workdir, rows, summary = tiny_2by4_study
+    assert len(rows) == 10  # (dense + 2 IMP tickets + 2 2:4 tickets) x 2 regimes
+    assert {(r.method, r.ticket) for r in rows} == {
+        ("dense", "dense"), ("imp", "round 1"), ("imp", "round 2"), ("imp_2by4", "2:4"),
+        ("omp_2by4", "2:4")}
+    assert sorted(round(r.sparsity, 4) for r in rows if r.regime == "standard") == [
+        0.0, 0.4, 0.4994, 0.4994, 0.64]  # 2:4: half of all but the 3-channel stem conv
+    group = summary[("adversarial", "cifar10_jpeg_small[5,6,7,8,9]", 0.2)]
+    (beside,) = group["structured"]  # the 2:4 IMP ticket next to the nearest unstructured
+    assert (beside["ticket"], beside["unstructured"]) == ("2:4", "round 1")
+    assert beside["standard_sa_diff"].low <= beside["standard_sa_diff"].high
+    (versus,) = [e for e in group["versus"] if e["method"] == "omp_2by4"]
+    assert versus["versus"] == "imp_2by4"
+    assert {v["double_win"] for v in group["tickets"]} <= {"yes", "no", "inconclusive"}
+    text = open(os.path.join(workdir, "report.md")).read()
+    assert "| 2:4 | imp_2by4 | 49.94% |" in text and "| 2:4 (imp_2by4) | 49.94% |" in text
+    assert "| omp_2by4 (2:4, vs imp_2by4) |" in text
+    # Zeros stay zero in transfer: each 2:4 run's selected checkpoints are still 2:4.
+    for row in [r for r in rows if r.method in ("imp_2by4", "omp_2by4")]:
+        run = runs.open_run(os.path.join(workdir, row.cell))
+        masks, meta = tickets.load(run.provenance["ticket"])
+        assert meta["pattern"] == "2:4"
+        model, _, _ = runs.load_best(run, "ra", data.load(run.dataset))
+        kernels = pruning_wrapper.get_kernels(model)
+        assert not pruning.nm_violations(kernels, 2, 4), row.cell
+        assert all(not k[~masks[n]].any() for n, k in kernels.items()), row.cell
+    # The study exported the adversarial 2:4 IMP transfer (export/1 holds the unstructured
+    # one): ticket.json records the pattern, and every conv kernel with groups of 4 is
+    # checked, in the SavedModel and in the ONNX file (whose logits onnxruntime matches).
+    (row,) = [r for r in rows if r.method == "imp_2by4" and r.regime == "adversarial"]
+    assert "the imp_2by4 ticket with the best adversarial RA" in text or \
+        "sparsest double-win imp_2by4 ticket" in text
+    info = json.load(open(os.path.join(workdir, "export", "2", "assets", "ticket.json")))
+    assert info["source_run"]["path"] == os.path.join(workdir, row.cell)
+    assert info["pattern"] == "2:4" and info["check_pattern"]["kernels_dense"] == [
+        "conv1/kernel:0"]
+    assert info["check_pattern"]["kernels_checked"] == 19  # ResNet-18: 20 convs
+    assert info["check_onnx_pattern"]["kernels_checked"] == 19
+    assert info["check_onnx_max_abs_logit_delta"] < 1e-4
+    onnx_kernels = export.onnx_conv_kernels(os.path.join(workdir, "export", "2", "model.onnx"))
+    assert not pruning.nm_violations(onnx_kernels, 2, 4)
+    assert sum(pruning.nm_eligible(k.shape, 4) for k in onnx_kernels.values()) == 19
+
+
 def test_exported_ticket_json_describes_the_exported_checkpoint(tiny_study):
     workdir, rows, _ = tiny_study
     export_dir = os.path.join(workdir, "export", "1")
@@ -648,6 +711,43 @@ def test_sigterm_in_a_study_cell_then_the_same_command_resumes(tiny_study, tmp_p
                          timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     _assert_same_results(workdir, reference)
+
+
+def test_study_killed_in_its_2by4_imp_round_resumes_to_the_same_results(tiny_2by4_study,
+                                                                        tmp_path):
+    """kill -9 inside the 2:4 IMP round's training, then the same command: the same 2:4
+    tickets (so their finished transfers are reused, not recomputed) and the same report."""
+    reference, _, _ = tiny_2by4_study
+    workdir = tmp_path / "study"
+    shutil.copytree(reference, workdir)
+    runner = study.Study(_tiny_2by4_config(), str(workdir), log=lambda *_: None)
+    imp_2by4 = cells.imp_address("adversarial", "imp_2by4")
+    redo = [imp_2by4]
+    shutil.rmtree(stages.resolve(runner.ctx, imp_2by4).path)
+    os.remove(workdir / "results.csv")
+    worker = [sys.executable, os.path.join(REPO, "tests", "study_worker.py"),
+              f"--workdir={workdir}", "--methods=imp,imp_2by4,omp_2by4",
+              "--export_method=imp_2by4", "--onnx"]
+    # The only training left is the 2:4 IMP round: its first step is the kill point.
+    out = subprocess.run(worker + ["--kill_at=imp", "--kill_after=1"], cwd=REPO,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == -signal.SIGKILL, out.stderr[-3000:]
+    _nothing_half_written(workdir)
+    imp_dir = stages.resolve(runner.ctx, imp_2by4).path
+    assert tickets.is_ticket(os.path.join(imp_dir, "tickets", "round_01"))  # 3:4, untrained
+    assert not os.path.exists(os.path.join(imp_dir, "tickets", "round_02"))
+    out = subprocess.run(worker, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ran = next(line for line in out.stdout.splitlines() if line.startswith("ran ["))
+    assert sorted(json.loads(ran[len("ran "):])) == sorted(redo)
+    _assert_same_results(workdir, reference)
+    ours, _ = tickets.load(os.path.join(imp_dir, "tickets", "round_02"))
+    theirs, _ = tickets.load(os.path.join(reference, os.path.relpath(imp_dir, workdir),
+                                          "tickets", "round_02"))
+    assert tickets.fingerprint(ours) == tickets.fingerprint(theirs)
+    assert not pruning.nm_violations(ours, 2, 4)
+    assert (workdir / "report.md").read_text() == open(os.path.join(reference,
+                                                                    "report.md")).read()
 
 
 @pytest.mark.slow  # suite time; also covered by the SIGTERM and lease-takeover tests

@@ -1,17 +1,22 @@
-r"""One-shot baseline tickets of pre-trained weights: OMP (global magnitude) or random.
+r"""One-shot baseline tickets of pre-trained weights: OMP (global magnitude), random, or
+2:4 (the 2 largest |w| of every 4 consecutive input channels: `omp_2by4`).
 
   python trainers/prune.py --pretrained=weights/robust_resnet50 --method=omp \
       --like=runs/imp/tickets/round_10 --output=tickets/omp_round_10
   python trainers/prune.py --pretrained=weights/robust_resnet50 --method=random \
       --sparsity=0.8926 --seed=0 --output=tickets/random_89
 
+  python trainers/prune.py --pretrained=weights/robust_resnet50 --method=omp_2by4 \
+      --output=tickets/omp_2by4
+
 --like takes an IMP ticket and prunes exactly as many weights (equal sparsity, the same
-layers: every conv); --sparsity a fraction. The output is a ticket directory (masks.npz
+layers: every conv); --sparsity a fraction; omp_2by4 takes neither (its pattern fixes
+its sparsity: half of every conv whose input channels are a multiple of 4). The output is a ticket directory (masks.npz
 + ticket.json, never overwritten) that trainers/transfer.py --ticket takes.
 """
 from absl import app, flags
 
-from dwlt_tf import checks, cli, errors, imp, tickets, transfer
+from dwlt_tf import checks, cli, errors, imp, pruning, tickets, transfer
 
 FLAGS = flags.FLAGS
 cli.define_weights_flags()
@@ -26,7 +31,12 @@ flags.mark_flag_as_required("output")
 def main(argv):
     del argv
     with cli.reported("prune"):
-        if (FLAGS.like is None) == (FLAGS.sparsity is None):
+        structured = pruning.METHODS[FLAGS.method].nm is not None
+        if structured and (FLAGS.like is not None or FLAGS.sparsity is not None):
+            raise errors.ConfigError(f"--method={FLAGS.method} prunes to its "
+                                     f"{pruning.METHODS[FLAGS.method].pattern} pattern: give "
+                                     "neither --like nor --sparsity")
+        if not structured and (FLAGS.like is None) == (FLAGS.sparsity is None):
             raise errors.ConfigError("give exactly one of --like=<ticket> and --sparsity")
         if FLAGS.sparsity is not None and not 0.0 <= FLAGS.sparsity < 1.0:
             raise errors.ConfigError(f"--sparsity={FLAGS.sparsity}: must be in [0, 1)")
