@@ -18,7 +18,8 @@ input channels are a multiple of 4; the pattern is checked in the export).
   build of torch (for device buffers); without a GPU or TensorRT it stops with one line.
 
 Prints one JSON object: per model and batch size, median latency (ms) and throughput
-(images/s) over `--repeats` timed calls after `--warmup` untimed ones.
+(images/s) over `--repeats` timed calls after `--warmup` untimed ones; the two models'
+calls alternate (dense, 2:4, dense, ...) so that drift on the machine falls on both.
 """
 import json
 import os
@@ -66,17 +67,24 @@ def _models():
     return out
 
 
-def _time(call, batch):
+def _time_interleaved(calls, batch):
+    """{name: timing} of `calls` ({name: f(batch)}), timed in alternation (A B A B ...)
+    so that drift -- frequency, caches, a neighbour's load -- falls on all alike."""
     for _ in range(FLAGS.warmup):
-        call(batch)
-    times = []
+        for call in calls.values():
+            call(batch)
+    times = {name: [] for name in calls}
     for _ in range(FLAGS.repeats):
-        start = time.perf_counter()
-        call(batch)
-        times.append(time.perf_counter() - start)
-    median = statistics.median(times)
-    return {"latency_ms": 1e3 * median, "images_per_s": len(batch) / median,
-            "latency_ms_all": [round(1e3 * t, 3) for t in times]}
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call(batch)
+            times[name].append(time.perf_counter() - start)
+    out = {}
+    for name, measured in times.items():
+        median = statistics.median(measured)
+        out[name] = {"latency_ms": 1e3 * median, "images_per_s": len(batch) / median,
+                     "latency_ms_all": [round(1e3 * t, 3) for t in measured]}
+    return out
 
 
 def _check_cuda():
@@ -104,20 +112,21 @@ def _cpu(models, tmp, sizes):
     import numpy as np  # noqa
     import tensorflow as tf  # noqa
     from dwlt_tf import export  # noqa
-    results = {}
+    results, calls = {}, {}
     for name, model in models.items():
         meta = {"pattern": name if name == "2:4" else "unstructured"}
         path, info = export.export(model, os.path.join(tmp, name.replace(":", "by")), 1, meta,
                                    FLAGS.image_size, "imagenet", log=lambda *_: None)
         serve = tf.saved_model.load(path).signatures["serving_default"]
-        rng = np.random.default_rng(0)
+        calls[name] = lambda x, serve=serve: serve(images=x)["logits"].numpy()
         results[name] = {"sparsity": info["sparsity"],
                          "pattern_check": info.get("check_pattern")}
-        for size in sizes:
-            images = tf.constant(rng.random((size, FLAGS.image_size, FLAGS.image_size, 3),
-                                            np.float32))
-            results[name][f"batch_{size}"] = _time(lambda x: serve(images=x)["logits"].numpy(),
-                                                   images)
+    rng = np.random.default_rng(0)
+    for size in sizes:
+        images = tf.constant(rng.random((size, FLAGS.image_size, FLAGS.image_size, 3),
+                                        np.float32))
+        for name, timing in _time_interleaved(calls, images).items():
+            results[name][f"batch_{size}"] = timing
     return results
 
 
@@ -129,7 +138,7 @@ def _cuda(models, tmp, sizes):
     from dwlt_tf.export import _Serving  # noqa  pylint: disable=protected-access
     from dwlt_tf import pruning_wrapper  # noqa
     logger = trt.Logger(trt.Logger.WARNING)
-    results = {}
+    results, contexts, engines, buffers = {}, {}, {}, []
     sample = np.random.default_rng(0).random((2, FLAGS.image_size, FLAGS.image_size, 3),
                                              np.float32)
     for name, model in models.items():
@@ -157,22 +166,27 @@ def _cuda(models, tmp, sizes):
         config.add_optimization_profile(profile)
         engine = trt.Runtime(logger).deserialize_cuda_engine(
             builder.build_serialized_network(network, config))
-        context = engine.create_execution_context()
-        stream = torch.cuda.Stream()
+        engines[name] = engine  # alive as long as its context
+        contexts[name] = engine.create_execution_context()
         results[name] = {"onnx_bytes": info["onnx_bytes"],
                          "onnx_pattern_check": info.get("check_onnx_pattern"),
                          "gpu": torch.cuda.get_device_name(), "tensorrt": trt.__version__}
-        for size in sizes:
-            images = torch.rand((size,) + shape, device="cuda")
-            logits = torch.empty((size, 1000), device="cuda")
+    stream = torch.cuda.Stream()
+    for size in sizes:
+        images = torch.rand((size, FLAGS.image_size, FLAGS.image_size, 3), device="cuda")
+        calls = {}
+        for name, context in contexts.items():
+            buffers.append(torch.empty((size, 1000), device="cuda"))
             context.set_input_shape("images", tuple(images.shape))
             context.set_tensor_address("images", images.data_ptr())
-            context.set_tensor_address("logits", logits.data_ptr())
+            context.set_tensor_address("logits", buffers[-1].data_ptr())
 
-            def run(_):
+            def run(_, context=context):
                 context.execute_async_v3(stream.cuda_stream)
                 stream.synchronize()
-            results[name][f"batch_{size}"] = _time(run, images)
+            calls[name] = run
+        for name, timing in _time_interleaved(calls, images).items():
+            results[name][f"batch_{size}"] = timing
     return results
 
 
