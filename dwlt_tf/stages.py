@@ -280,8 +280,10 @@ class ImpStage:
         nm = pruning.METHODS[cell.method].nm
         if nm is None:
             return ctx.spec.imp
+        # One weight per group per round: the share pruned globally (`fraction`) plays no
+        # part, so it stays at its default and out of the identity.
         return dataclasses.replace(ctx.spec.imp, pattern=pruning.pattern_name(nm),
-                                   rounds=nm[1] - nm[0])
+                                   rounds=nm[1] - nm[0], fraction=imp.ImpSpec.fraction)
 
     def inputs(self, ctx, cell):
         return {"weights": _weights(ctx, cell.pretraining),

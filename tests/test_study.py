@@ -713,6 +713,20 @@ def test_sigterm_in_a_study_cell_then_the_same_command_resumes(tiny_study, tmp_p
     _assert_same_results(workdir, reference)
 
 
+def test_2by4_cells_do_not_depend_on_the_unstructured_pruning_rate(tiny_2by4_study):
+    workdir, _, _ = tiny_2by4_study
+    paths = {}
+    for fraction in (0.4, 0.3):
+        config = _tiny_2by4_config()
+        config.imp.fraction = fraction
+        ctx = study.Study(config, workdir, log=lambda *_: None).ctx
+        paths[fraction] = [stages.resolve(ctx, a).path for a in (
+            cells.imp_address("adversarial"), cells.imp_address("adversarial", "imp_2by4"),
+            cells.baseline_address("adversarial", "omp_2by4", None))]
+    assert paths[0.4][0] != paths[0.3][0]    # unstructured IMP: another run
+    assert paths[0.4][1:] == paths[0.3][1:]  # 2:4 tickets: the same cells, reused
+
+
 def test_study_killed_in_its_2by4_imp_round_resumes_to_the_same_results(tiny_2by4_study,
                                                                         tmp_path):
     """kill -9 inside the 2:4 IMP round's training, then the same command: the same 2:4
