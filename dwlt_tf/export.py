@@ -111,14 +111,20 @@ def conv_kernel_sparsity(variables):
 
 
 def check_pattern(variables, pattern):
-    """{"pattern", "axis", "kernels_checked", "kernels_dense"} for the rank-4 kernels among
-    `variables`; raises ExportError naming the kernels that break an N:M `pattern`."""
+    """`pattern_report` of the rank-4 kernels among `variables` (a SavedModel's)."""
+    return pattern_report({v.name: v.numpy() for v in variables if _is_conv_kernel(v)},
+                          pattern)
+
+
+def pattern_report(kernels, pattern, where="the ticket"):
+    """{"pattern", "axis", "kernels_checked", "kernels_dense", "kernels_dense_why"} for
+    {name: kernel in Keras layout}; raises ExportError naming the kernels that break an
+    N:M `pattern`."""
     n, m = pruning.parse_pattern(pattern)
-    kernels = {v.name: v.numpy() for v in variables if _is_conv_kernel(v)}
     broken = pruning.nm_violations(kernels, n, m)
     if broken:
         named = ", ".join(f"{k} ({c} groups)" for k, c in sorted(broken.items())[:5])
-        raise ExportError(f"the ticket is recorded as {pattern}, but kernels hold more than "
+        raise ExportError(f"{where} is recorded as {pattern}, but kernels hold more than "
                           f"{n} non-zeros in some groups of {m} input channels: {named}")
     dense = pruning.nm_dense_layers(kernels, m)
     return {"pattern": pattern, "axis": pruning.NM_AXIS,
@@ -250,17 +256,9 @@ def to_onnx(serving, path, sample, reference, pattern=pruning.UNSTRUCTURED):
     onnx.checker.check_model(path)
     out = {"onnx_bytes": os.path.getsize(path), "onnx_opset": ONNX_OPSET,
            "onnx_input": "images float32 [N,S,S,3] in [0,1] (NHWC) -> logits"}
-    nm = pruning.parse_pattern(pattern)
-    if nm is not None:
-        kernels = onnx_conv_kernels(path)
-        broken = pruning.nm_violations(kernels, *nm)
-        if broken:
-            raise ExportError(f"ONNX conv weights break the ticket's {pattern} pattern: "
-                              f"{sorted(broken)[:5]}")
-        out["check_onnx_pattern"] = {
-            "pattern": pattern, "kernels_checked": len(kernels) - len(
-                pruning.nm_dense_layers(kernels, nm[1])),
-            "kernels_dense": pruning.nm_dense_layers(kernels, nm[1])}
+    if pruning.parse_pattern(pattern) is not None:
+        out["check_onnx_pattern"] = pattern_report(onnx_conv_kernels(path), pattern,
+                                                   "the ONNX model")
     try:
         import onnxruntime  # pylint: disable=import-outside-toplevel
     except ImportError:
