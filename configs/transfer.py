@@ -54,7 +54,7 @@ def dataset(name="cifar10", data_rate=1.0):
     return ml_collections.ConfigDict(dict(
         name=name, data_dir="~/tensorflow_datasets", path="", data_rate=data_rate,
         classes=None, image_size=224, augment="imagenet", stats="", val_fraction=0.1,
-        download=False))
+        test_examples=0, download=False))
 
 
 def runtime():

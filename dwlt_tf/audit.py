@@ -32,7 +32,8 @@ import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import tensorflow as tf
 import tf_keras
 
-from dwlt_tf import attacks, autoattack, checks, errors, folding, identity, pipeline, preemption
+from dwlt_tf import (attacks, autoattack, checks, data, errors, folding, identity, pipeline,
+                     preemption)
 from dwlt_tf import records as records_lib
 from dwlt_tf import runs
 
@@ -323,7 +324,7 @@ def audited_indices(spec: AuditSpec, size):
     wanted = min(spec.examples or size, size)
     if spec.subset == "first" or wanted == size:
         return np.arange(wanted)
-    return np.arange(wanted) * size // wanted  # evenly spaced, distinct (wanted <= size)
+    return data.evenly_spaced(wanted, size)
 
 
 def audit_split(model, splits, split, spec: AuditSpec, pgd: attacks.Attack, noise_seed=1):
