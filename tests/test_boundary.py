@@ -13,7 +13,7 @@ path; no traceback; no file appears or disappears in the test's sandbox (inputs 
 outputs live there). The work itself (training, export, attacks, conversion) is stubbed
 out by tests/boundary_worker.py, so a case that reaches it is a bad value accepted.
 
-Cases (counted when the test runs; this was the count when it last changed): 724.
+Cases (counted when the test runs; this was the count when it last changed): 732.
 """
 import json
 import os
@@ -61,7 +61,7 @@ OUT_OF_RANGE = {
     ("max_parallel", int): "0", ("nodes", int): "0", ("tasks_per_node", int): "0",
     ("retries", int): "-1", ("margin", float): "-1.0", ("confidence", float): "1.0",
     ("resamples", int): "10", ("classes", type(None)): "(99,)", ("subset", str): "random",
-    ("pattern", str): "4:2", ("method", str): "omp",
+    ("pattern", str): "4:2", ("method", str): "omp", ("test_examples", int): "-1",
 }
 # Free-form strings: any text is a valid value at the config boundary (a SLURM partition
 # name, a folder for job logs); the engine using them reports what it cannot use.

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from dwlt_tf import data, pipeline, preprocess
+from dwlt_tf import data, identity, pipeline, preprocess
 
 # Sizes of the real TFDS splits.
 _SIZES = {"cifar10": {"train": 50000, "test": 10000},
@@ -168,6 +168,35 @@ def test_class_subset_relabels(bundled_cifar):
     assert splits.num_classes == 5 and splits.class_names[0] == "dog"
     assert set(_labels(splits, "test").tolist()) == {0, 1, 2, 3, 4}
     assert splits.num_test == 500
+
+
+def test_test_examples_are_evenly_spaced_over_the_selected_classes(bundled_cifar):
+    base = dict(path=bundled_cifar, image_size=32, augment="cifar", classes=(5, 6, 7, 8, 9))
+    full = data.load(data.DataSpec("imagefolder", **base))
+    part = data.load(data.DataSpec("imagefolder", test_examples=125, **base))
+    assert part.num_test == 125
+    # Every 4th of the 500 class-sorted test examples: each class keeps 25 of its 100.
+    np.testing.assert_array_equal(part.test.positions, full.test.positions[::4])
+    assert np.bincount(_labels(part, "test")).tolist() == [25] * 5
+    np.testing.assert_array_equal(part.train.positions, full.train.positions)
+    np.testing.assert_array_equal(part.val.positions, full.val.positions)
+    assert part.example_order("test") == full.example_order("test", indices=np.arange(0, 500, 4))
+    # Part of a run's identity only when set (existing runs keep their keys).
+    assert "test_examples" not in identity.describe(full.spec)
+    assert identity.describe(part.spec)["test_examples"] == 125
+    with pytest.raises(ValueError, match=r"dataset.test_examples=501: the test split of "
+                                         r"'cifar10_jpeg_small\[5,6,7,8,9\]' holds 500"):
+        data.load(data.DataSpec("imagefolder", test_examples=501, **base))
+    with pytest.raises(ValueError, match=r"dataset.test_examples=-1"):
+        data.DataSpec("imagefolder", test_examples=-1, **base)
+
+
+def test_test_examples_on_tfds_splits(mock_tfds, tmp_path):
+    spec = data.DataSpec("cifar10", data_dir=str(tmp_path), image_size=32, augment="cifar",
+                         test_examples=2500)
+    splits = data.load(spec)
+    assert splits.num_test == 2500 and splits.num_train == 45000
+    np.testing.assert_array_equal(splits.test.positions, np.arange(0, 10000, 4))
 
 
 def _epoch(splits, batch_size=32, **kwargs):

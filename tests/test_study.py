@@ -94,7 +94,8 @@ def test_every_config_variant_validates(tmp_path):
     assert plan.transfer["adversarial:svhn"].schedule == "cosine"
     assert plan.pretrainings["adversarial"].imp.mode == "pgd"
     assert plan.pretrainings["standard"].imp.mode == "standard"
-    for variant in ("quickstart", "audit", "tiny", "cifar", "cifar_jpeg"):
+    for variant in ("quickstart", "audit", "tiny", "cifar", "cifar_jpeg", "cifar_budget",
+                    "cifar_budget_jpeg"):
         spec = study.study_spec(load_config("study", variant))
         assert (spec.report.rule, spec.report.margin) == ("paired", 1.0), variant
     cifar = study.study_spec(load_config("study", "cifar"))
@@ -103,6 +104,16 @@ def test_every_config_variant_validates(tmp_path):
     assert cifar.seeds == [1, 2, 3] and [d.data_rate for d in cifar.datasets] == [0.1, 0.5]
     assert cifar.methods == ["imp", "omp", "random"] and cifar.audit.version == "standard"
     assert study.study_spec(load_config("study", "cifar_jpeg")).source.name == "imagefolder"
+    # The budget variant changes only the transfers' seeds and splits and the audit's size:
+    # its pre-trainings, IMP and baselines are cifar's cells (same identities).
+    budget = study.study_spec(load_config("study", "cifar_budget"))
+    assert budget.seeds == [1, 2] and budget.audit.examples == 250
+    assert [(d.test_examples, d.val_fraction) for d in budget.datasets] == [(2500, 0.02)] * 2
+    assert (budget.model, budget.source, budget.pretrainings, budget.imp) == (
+        cifar.model, cifar.source, cifar.pretrainings, cifar.imp)
+    assert (budget.methods, budget.baseline_rounds, budget.pruning_seed) == (
+        cifar.methods, cifar.baseline_rounds, cifar.pruning_seed)
+    assert budget.transfer == cifar.transfer and budget.ticket_rounds == cifar.ticket_rounds
     audited = study.study_spec(load_config("study", "audit")).audit
     assert (audited.examples, audited.subset) == (500, "spread")  # 100 of each class
     assert study.study_spec(load_config("study", "quickstart")).audit is None
