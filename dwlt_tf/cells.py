@@ -24,7 +24,7 @@ A cell's *identity* (what names its directory, `cells/<kind>_<hash>/`) is its re
 stages (`stages.py`) read from its inputs' records once they exist.
 """
 import dataclasses
-from typing import Dict, Iterator, List, Optional, Set, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import dwlt_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 
@@ -128,18 +128,13 @@ class Graph:
 
     def upstream(self, address) -> List[str]:
         """Every cell `address` depends on, directly or not (dependency order)."""
-        seen = self.upstream_set(address)
-        return [a for a in self.cells if a in seen]
-
-    def upstream_set(self, address) -> Set[str]:
-        """`upstream` as a set (no pass over the whole graph)."""
         seen, stack = set(), list(self.cells[address].needs)
         while stack:
             needed = stack.pop()
             if needed not in seen and needed in self.cells:
                 seen.add(needed)
                 stack.extend(self.cells[needed].needs)
-        return seen
+        return [a for a in self.cells if a in seen]
 
 
 def resources(spec: StudySpec) -> Resources:

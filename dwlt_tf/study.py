@@ -6,9 +6,7 @@ The study is a graph of cells (`cells.py`), built once from the validated spec
 the cells' results (`assembly.py`). `Study.run` walks the graph: for every selected cell
 whose inputs exist and that is not finished, it takes the cell's lease (`leases.py`),
 computes it and releases the lease -- so any number of processes, jobs or hosts can
-share one workdir and no cell is ever computed twice at once. Each pass tries the cells
-most others wait for first (`most_awaited_first`), so a second pre-training and its IMP
-start as soon as they can rather than after every cell listed before them. Cells are keyed by what
+share one workdir and no cell is ever computed twice at once. Cells are keyed by what
 determines their results (`cells/<kind>_<hash>/`): finished cells are never recomputed,
 an interrupted cell resumes from its checkpoints, and changing one setting reruns
 exactly the cells it affects.
@@ -54,19 +52,6 @@ class WaitTimeoutError(errors.UserError):
 
 class _StopWalking(Exception):
     """Internal: a selection without `wait` has nothing more it can do now."""
-
-
-def most_awaited_first(graph: cells.Graph, todo: List[cells.Cell]) -> List[cells.Cell]:
-    """`todo` ordered by how many cells wait for each, directly or not (most first; ties
-    keep the graph's order). Still a dependency order -- a cell has more cells waiting
-    for it than any cell that needs it -- but the long chains (the robust pre-training,
-    then its IMP, then its tickets' transfers) start as soon as their inputs exist: in
-    the graph's order a process reached the second pre-training only after every cell of
-    the first, and the other processes then waited for that chain with nothing to do."""
-    waiting = collections.Counter(needed for cell in graph for needed in
-                                  graph.upstream_set(cell.address))
-    position = {cell.address: i for i, cell in enumerate(graph)}
-    return sorted(todo, key=lambda cell: (-waiting[cell.address], position[cell.address]))
 
 
 def shard(index, count):
@@ -180,8 +165,7 @@ class Study:
         if self.select is None:
             for spec in [self.spec.source] + self.spec.datasets:
                 self.ctx.data_identity(spec)  # missing data fails now, before any work
-        todo = most_awaited_first(self.graph, [c for c in self.graph
-                                               if self.select is None or self.select(c.address)])
+        todo = [c for c in self.graph if self.select is None or self.select(c.address)]
         self._walk(todo)
         if self.select is not None:
             return self._finished_rows(), None

@@ -1050,24 +1050,6 @@ def test_bad_selections_are_one_line_errors(args, match, tmp_path):
 _CELL_LINE = ("[pretrain]", "[convert]", "[imp]", "[baseline]", "[transfer]")
 
 
-def test_processes_try_the_most_awaited_cells_first_in_a_dependency_order():
-    graph = cells.build(study.study_spec(load_config("study", "cifar_budget")))
-    order = [c.address for c in study.most_awaited_first(graph, list(graph))]
-    assert sorted(order) == sorted(graph.cells)
-    position = {address: i for i, address in enumerate(order)}
-    assert all(position[n] < position[c.address] for c in graph for n in c.needs
-               if n in position)
-    # The robust pre-training's chain starts before any transfer, not after the standard
-    # pre-training's 58 cells (the graph's order), which left a process idle.
-    first_transfer = min(i for a, i in position.items() if a.startswith("transfer:"))
-    assert max(position["pretrain:adversarial"], position["imp:adversarial"]) < first_transfer
-    assert list(graph.cells).index("pretrain:adversarial") > 50
-    # Ties keep the graph's order.
-    ticket_transfers = [a for a in order if a.startswith("transfer:adversarial:imp:")]
-    assert ticket_transfers == [a for a in graph.cells
-                                if a.startswith("transfer:adversarial:imp:")]
-
-
 def _computed_cells(text):
     """The cell directories named by the lines a process prints for cells it computes."""
     return [line.rsplit("-> ", 1)[-1].strip() for line in text.splitlines()
