@@ -41,6 +41,20 @@ Variants:
     python trainers/study.py --config=configs/study.py:cifar_jpeg --workdir=runs/cifar \
         --config.runtime.intra_op_threads=1 &   # and the same command once more
 
+* `cifar_budget` / `cifar_budget_jpeg`: `cifar` / `cifar_jpeg` within the ~2.5 h a
+  replication may take on 2 CPU cores (docs/results/cifar_budget): 2 seeds instead of
+  3, SA/RA on 2,500 of the 5,000 test images (evenly spaced, 500 per class), 500
+  validation images (100 per class), the audit on 250 test images; its pre-trainings,
+  IMP and baselines are `cifar`'s cells. Two one-thread processes, as for `cifar_jpeg`,
+  and a third that computes the robust pre-training as soon as the standard one is done
+  (processes take cells in the graph's order, which reaches it only after every cell of
+  the standard pre-training; one process would then wait ~20 min with nothing to do):
+
+    W="--config=configs/study.py:cifar_budget_jpeg --workdir=runs/cifar_budget \
+       --config.runtime.intra_op_threads=1"
+    python trainers/study.py $W & python trainers/study.py $W &
+    python trainers/study.py $W --cell=pretrain:adversarial --wait &
+
 * `quickstart`: the same study in miniature on 2 CPU cores in about 15 minutes, with
   verdicts that can conclude: the pre-trained weights of `cifar_jpeg` (weights/, made by
   its pre-training cells, weights/README.md) as the standard and the robust
