@@ -42,7 +42,8 @@ Variants:
         --config.runtime.intra_op_threads=1 &   # and the same command once more
 
 * `cifar_budget` / `cifar_budget_jpeg`: `cifar` / `cifar_jpeg` within the ~2.5 h a
-  replication may take on 2 CPU cores (docs/results/cifar_budget): 2 seeds instead of
+  replication may take on 2 CPU cores (2 h 15 min measured, docs/results/cifar_budget;
+  the same double-win verdicts as `cifar_jpeg`, intervals ~1.3x as wide): 2 seeds instead of
   3, SA/RA on 2,500 of the 5,000 test images (evenly spaced, 500 per class), 500
   validation images (100 per class), the audit on 250 test images; its pre-trainings,
   IMP and baselines are `cifar`'s cells. Two one-thread processes, as for `cifar_jpeg`,
@@ -275,9 +276,9 @@ def _cifar(dataset):
 
 
 def _cifar_budget(dataset):
-    """`cifar` within ~2.5 h on 2 CPU cores (module docstring): 2 seeds, a test split of
-    2,500 of the 5,000 test images (evenly spaced: 500 per class), 500 validation images,
-    the audit on 250 test images. Its pre-trainings, IMP and baselines are `cifar`'s own
+    """`cifar` within ~2.5 h on 2 CPU cores (2 h 15 min measured; module docstring):
+    2 seeds, a test split of 2,500 of the 5,000 test images (evenly spaced: 500 per
+    class), 500 validation images, the audit on 250 test images. Its pre-trainings, IMP and baselines are `cifar`'s own
     cells (the source task is unchanged), so in `cifar`'s workdir only the transfers and
     audits run."""
     config = _cifar(dataset)
